@@ -1,0 +1,198 @@
+"""DC-AE benchmarks on the CPU: ours vs diffusers' AutoencoderDC, and tiled-decode peak memory at 2K/4K.
+
+    python benchmarks/dcae_benchmark.py                                          # ~15 min, 2 threads
+    python benchmarks/dcae_benchmark.py --skip-speed --sizes 4096 --max-tiles 0    # one complete 4K decode
+
+Speed: the dc-ae-f32c32-sana graph with random weights (speed does not depend on the values), encode and decode
+of one 512² image, ours and diffusers in the same process, best of `--repeats`. bf16 is timed only on CPUs with
+AVX-512 (on AVX2-only CPUs oneDNN's bf16 convolutions fall back to reference kernels, ~240× slower).
+
+Memory: each size runs in a fresh child process that builds the whole autoencoder (as `dcae decode` does) and
+decodes a (1, 32, S/32, S/32) latent with `decode_tiled` and the automatic tile size; the peak is the child's
+maximum RSS. `--max-tiles N` stops after N tiles: every tile has the same shape and the output accumulators are
+allocated before the first tile, so the peak is already reached, and the full time is projected from the
+per-tile time (default 2; 0 runs every tile). Results go to docs/benchmarks/dcae.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dcae import PRESETS, decode_tiled
+from dcae.testing import random_model
+from dcae.tiling import _starts, _tile_and_stride, auto_tile
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "benchmarks"
+PRESET = "dc-ae-f32c32-sana-1.1"
+
+
+class _StopAfterError(Exception):
+    pass
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def speed(size: int, repeats: int) -> dict:
+    from diffusers import AutoencoderDC
+
+    from dcae._convert import config_to_diffusers, to_format
+
+    cfg = PRESETS[PRESET]
+    ours = random_model(cfg)
+    with torch.device("meta"):
+        ref = AutoencoderDC(**config_to_diffusers(cfg)).eval()
+    ref.load_state_dict(to_format(ours.state_dict(), cfg, "diffusers"), assign=True)
+    images = torch.rand(1, 3, size, size) * 2 - 1
+    latents = torch.randn(1, 32, size // 32, size // 32)
+    result: dict = {"size": size, "repeats": repeats}
+    with torch.inference_mode():
+        ours.decode(latents[..., :2, :2])  # warm-up (oneDNN primitive caches)
+        ref.decode(latents[..., :2, :2])
+        result["diffusers_fp32"] = {
+            "encode_s": _best(lambda: ref.encode(images), repeats),
+            "decode_s": _best(lambda: ref.decode(latents), repeats),
+        }
+        result["ours_fp32"] = {
+            "encode_s": _best(lambda: ours.encode(images), repeats),
+            "decode_s": _best(lambda: ours.decode(latents), repeats),
+        }
+        if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+            ours = ours.to(torch.bfloat16)
+            result["ours_bf16"] = {
+                "encode_s": _best(lambda: ours.encode(images), repeats),
+                "decode_s": _best(lambda: ours.decode(latents), repeats),
+            }
+        else:
+            result["ours_bf16"] = "skipped: no AVX-512 on this CPU (bf16 convolutions use slow fallback kernels)"
+    return result
+
+
+def tiled_child(size: int, max_tiles: int | None, budget_gib: float | None) -> dict:
+    """Runs in a fresh process: build the model, decode one size², report peak RSS."""
+    cfg = PRESETS[PRESET]
+    ae = random_model(cfg)
+    latents = torch.randn(1, 32, size // 32, size // 32)
+    budget = None if budget_gib is None else budget_gib * 2**30
+    tile = auto_tile(cfg, 1, torch.float32, "decode", budget)
+    tile_px, stride = _tile_and_stride(tile, None, 32)
+    n_tiles = len(_starts(size // 32, tile_px // 32, stride // 32)) ** 2
+    done, decode = [], ae.decode
+
+    def counted(z: torch.Tensor) -> torch.Tensor:
+        if max_tiles is not None and len(done) >= max_tiles:
+            raise _StopAfterError
+        t0 = time.perf_counter()
+        out = decode(z)
+        done.append(time.perf_counter() - t0)
+        return out
+
+    ae.decode = counted  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    try:
+        decode_tiled(ae, latents, memory_budget=budget)
+        complete = True
+    except _StopAfterError:
+        complete = False
+    elapsed = time.perf_counter() - t0
+    per_tile = sum(done) / len(done)
+    return {
+        "size": size,
+        "tile_px": tile_px,
+        "overlap_px": tile_px - stride,
+        "tiles_total": n_tiles,
+        "tiles_run": len(done),
+        "complete": complete,
+        "seconds": elapsed if complete else None,
+        "seconds_per_tile": per_tile,
+        "projected_seconds": per_tile * n_tiles,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = ["# DC-AE benchmarks (CPU)", "", f"Command: `{results['command']}`", ""]
+    lines += [f"Machine: {results['machine']}; torch {results['torch']}; {results['threads']} threads.", ""]
+    if "speed" in results:
+        s = results["speed"]
+        d, o = s["diffusers_fp32"], s["ours_fp32"]
+        lines += [f"## {PRESET}, one {s['size']}² image (best of {s['repeats']})", ""]
+        lines += ["| | diffusers fp32 | ours fp32 | ratio | ours bf16 |", "|---|---|---|---|---|"]
+        for k, label in [("encode_s", "encode"), ("decode_s", "decode")]:
+            bf16 = s["ours_bf16"][k] if isinstance(s["ours_bf16"], dict) else "skipped"
+            bf16 = f"{bf16:.2f} s" if isinstance(bf16, float) else bf16
+            lines.append(f"| {label} | {d[k]:.2f} s | {o[k]:.2f} s | {o[k] / d[k]:.2f}× | {bf16} |")
+        if not isinstance(s["ours_bf16"], dict):
+            lines += ["", f"bf16: {s['ours_bf16']}."]
+        lines.append("")
+    if results.get("tiled"):
+        lines += ["## Tiled decode, fp32, automatic tile", ""]
+        lines += ["| size | tile / overlap | tiles | time | peak RSS |", "|---|---|---|---|---|"]
+        for t in results["tiled"]:
+            run = f"{t['tiles_run']} tiles run, {t['seconds_per_tile']:.0f} s each"
+            when = f"{t['seconds']:.0f} s" if t["complete"] else f"{t['projected_seconds']:.0f} s projected ({run})"
+            lines.append(
+                f"| {t['size']}² | {t['tile_px']} / {t['overlap_px']} px | {t['tiles_total']} | {when} | "
+                f"{t['peak_rss_gib']:.2f} GiB |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speed-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2048, 4096])
+    parser.add_argument(
+        "--max-tiles", type=int, default=2, help="stop each tiled decode after N tiles (0: run them all)"
+    )
+    parser.add_argument("--memory-budget", type=float, default=None, help="GiB per tile (default: dcae's)")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(tiled_child(args.child, args.max_tiles or None, args.memory_budget)))
+        return
+    results: dict = {
+        "command": "python benchmarks/dcae_benchmark.py " + " ".join(sys.argv[1:]),
+        "machine": f"{torch.backends.cpu.get_cpu_capability()} CPU",
+        "torch": torch.__version__,
+        "threads": args.threads,
+    }
+    if not args.skip_speed:
+        results["speed"] = speed(args.speed_size, args.repeats)
+        print(json.dumps(results["speed"]), flush=True)
+    results["tiled"] = []
+    for size in args.sizes:
+        cmd = [sys.executable, __file__, "--child", str(size), "--threads", str(args.threads)]
+        cmd += ["--max-tiles", str(args.max_tiles)]
+        cmd += ["--memory-budget", str(args.memory_budget)] if args.memory_budget else []
+        child = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results["tiled"].append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results["tiled"][-1]), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "dcae.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / "dcae.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The model's public contract: shapes, errors, dtype policy, and the attention and norm fp32 islands."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcae import DCAE
+from dcae.attention import LINEAR_ATTENTION_EPS, relu_linear_attention, relu_quadratic_attention
+from dcae.norms import rms_norm_2d
+from dcae.testing import random_model, tiny_config, tiny_in_mix_config
+
+
+def test_protocol_attributes() -> None:
+    model = DCAE(tiny_config())
+    assert isinstance(model.spatial_compression, int) and model.spatial_compression == 4
+    assert isinstance(model.latent_channels, int) and model.latent_channels == 4
+    assert isinstance(model.scaling_factor, float) and model.scaling_factor == 0.5
+
+
+def test_encode_is_raw_and_decode_shapes() -> None:
+    model = random_model(tiny_config())
+    images = torch.rand(2, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        z = model.encode(images)
+        assert z.shape == (2, 4, 8, 12)
+        assert torch.equal(z, model.encoder(images))  # no scaling inside dcae
+        assert model.decode(z).shape == (2, 3, 32, 48)
+
+
+def test_batch_invariance() -> None:
+    model = random_model(tiny_in_mix_config())
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        batched = model.decode(model.encode(images))
+        single = torch.cat([model.decode(model.encode(x[None])) for x in images])
+    assert torch.allclose(batched, single, atol=1e-5)
+
+
+def test_size_not_multiple_of_f_offers_pad_or_crop() -> None:
+    with pytest.raises(ValueError, match="pad or crop"):
+        DCAE(tiny_config()).encode(torch.zeros(1, 3, 30, 32))
+
+
+def test_wrong_latent_channels() -> None:
+    with pytest.raises(ValueError, match=r"\(B, 4, h, w\)"):
+        DCAE(tiny_config()).decode(torch.zeros(1, 8, 4, 4))
+
+
+def test_wrong_image_channels() -> None:
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        DCAE(tiny_config()).encode(torch.zeros(1, 4, 32, 32))
+
+
+def test_bf16_close_to_fp32() -> None:
+    """bf16 compute (fp32 attention and norms) stays within 2% RMS / 6% max of fp32 on a random tiny model."""
+    model = random_model(tiny_config())
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        z32 = model.encode(images)
+        x32 = model.decode(z32)
+        model_bf16 = model.to(torch.bfloat16)
+        z16 = model_bf16.encode(images)
+        x16 = model_bf16.decode(z32)
+    assert z16.dtype == x16.dtype == torch.bfloat16
+    for low, ref in [(z16, z32), (x16, x32)]:
+        err = low.float() - ref
+        assert err.abs().max() <= 0.06 * ref.abs().max()
+        assert err.pow(2).mean().sqrt() <= 0.02 * ref.pow(2).mean().sqrt()
+
+
+def test_fp16_decode_warns_and_fp32_does_not() -> None:
+    model = random_model(tiny_config())
+    z = torch.randn(1, 4, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.decode(z)
+    with pytest.warns(UserWarning, match="float16 can overflow"):
+        model.half().decode(z)
+
+
+def _padded_ones_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """The upstream formulation: pad v with a row of ones so one matmul also yields the normaliser (fp64)."""
+    q, k, v = F.relu(q.double()), F.relu(k.double()), v.double()
+    v = F.pad(v, (0, 0, 0, 1), value=1.0)  # (B, nh, hd+1, N)
+    out = torch.matmul(torch.matmul(v, k.transpose(-1, -2)), q)  # (B, nh, hd+1, N)
+    return out[:, :, :-1] / (out[:, :, -1:] + eps)
+
+
+def test_linear_attention_matches_padded_ones_form_and_quadratic_form() -> None:
+    q, k, v = torch.randn(3, 2, 4, 8, 50).unbind(0)  # each (B=2, nh=4, hd=8, N=50)
+    out = relu_linear_attention(q, k, v)
+    assert out.shape == (2, 4, 8, 50)
+    ref = _padded_ones_reference(q, k, v, LINEAR_ATTENTION_EPS)
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(relu_quadratic_attention(q, k, v), out, rtol=1e-4, atol=1e-6)
+
+
+def test_linear_attention_bf16_inputs_computed_in_fp32() -> None:
+    q, k, v = (torch.randn(3, 1, 2, 8, 4096) * 4).unbind(0)
+    exact = relu_linear_attention(q, k, v)
+    out = relu_linear_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out.dtype == torch.bfloat16
+    reference = relu_linear_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float())
+    assert torch.allclose(out.float(), reference, rtol=1e-2, atol=1e-2)  # only the final cast rounds
+    assert (out.float() - exact).abs().max() < 0.1 * exact.abs().max()
+
+
+def test_rms_norm_2d_formula_and_fp16_range() -> None:
+    x = torch.randn(2, 6, 3, 5)
+    w, b = torch.rand(6) + 0.5, torch.randn(6)
+    expected = x / x.pow(2).mean(1, keepdim=True).add(1e-5).sqrt() * w[:, None, None] + b[:, None, None]
+    assert torch.allclose(rms_norm_2d(x, w, b), expected, atol=1e-6)
+    big = torch.full((1, 4, 2, 2), 300.0, dtype=torch.float16)  # x² = 9e4 overflows fp16 (max 65504)
+    out = rms_norm_2d(big, torch.ones(4, dtype=torch.float16), torch.zeros(4, dtype=torch.float16))
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert torch.allclose(out.float(), torch.ones(1, 4, 2, 2), atol=1e-3)
