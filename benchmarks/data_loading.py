@@ -8,7 +8,7 @@
    yield a bucket when it is full) written here in plain Python as the reference, in the same run.
 
 Writes `docs/benchmarks/sana_data_loading.json` and prints a Markdown table.
-Run: `python benchmarks/sana_data_loading.py [--samples 256] [--rows 1000000]`.
+Run: `python benchmarks/data_loading.py [--samples 256] [--rows 1000000]`.
 """
 
 from __future__ import annotations
