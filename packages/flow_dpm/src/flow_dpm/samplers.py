@@ -74,36 +74,36 @@ RECOMMENDED = FlowDPMSolver(order=3, final_step="adams2")
 
 
 @dataclass(frozen=True)
-class FlowEuler:
-    """Flow-Euler reference sampler (diffusers' FlowMatchEuler update); N evaluations for N steps."""
+class _OneStepSampler:
+    """Options shared by the single-step reference samplers: a shift and a grid."""
 
     flow_shift: float = 3.0
     discretization: Discretization = "uniform"
 
     def __post_init__(self) -> None:
         check_shift(self.flow_shift)
-        flow_timesteps(1, self.flow_shift, discretization=self.discretization)
+        flow_timesteps(1, self.flow_shift, discretization=self.discretization)  # validates
+
+    def timesteps(self, num_steps: int) -> Tensor:
+        """(num_steps + 1,) float64 grid from 1 down to exactly 0."""
+        return flow_timesteps(num_steps, self.flow_shift, discretization=self.discretization)
+
+
+@dataclass(frozen=True)
+class FlowEuler(_OneStepSampler):
+    """Flow-Euler reference sampler (diffusers' FlowMatchEuler update); N evaluations for N steps."""
 
     def sample(
         self, velocity: VelocityField, noise: Tensor, num_steps: int = 28, *, callback: StepCallback | None = None
     ) -> Tensor:
-        ts = flow_timesteps(num_steps, self.flow_shift, discretization=self.discretization)
-        return sample_euler(velocity, noise, ts, callback=callback)
+        return sample_euler(velocity, noise, self.timesteps(num_steps), callback=callback)
 
 
 @dataclass(frozen=True)
-class FlowHeun:
+class FlowHeun(_OneStepSampler):
     """Heun (second order, 2 evaluations per step, Euler into t = 0): 2N - 1 evaluations for N steps."""
-
-    flow_shift: float = 3.0
-    discretization: Discretization = "uniform"
-
-    def __post_init__(self) -> None:
-        check_shift(self.flow_shift)
-        flow_timesteps(1, self.flow_shift, discretization=self.discretization)
 
     def sample(
         self, velocity: VelocityField, noise: Tensor, num_steps: int = 14, *, callback: StepCallback | None = None
     ) -> Tensor:
-        ts = flow_timesteps(num_steps, self.flow_shift, discretization=self.discretization)
-        return _sample_heun(velocity, noise, ts, callback=callback)
+        return _sample_heun(velocity, noise, self.timesteps(num_steps), callback=callback)
