@@ -22,7 +22,7 @@ def test_sana_grid_shift4_and_6_match_spec(shift: float, head: list[float], tail
     assert t[:2] == head and t[-5:] == tail
 
 
-@pytest.mark.parametrize("discretization", ["time_uniform_flow", "logsnr_uniform", "uniform"])
+@pytest.mark.parametrize("discretization", ["time_uniform_flow", "logsnr_uniform", "uniform", "flow_match_euler"])
 @pytest.mark.parametrize("n", [1, 2, 7, 20])
 def test_grids_decrease_to_exact_zero(discretization: str, n: int) -> None:
     t = flow_timesteps(n, 3.0, discretization=discretization)
@@ -59,3 +59,13 @@ def test_bad_discretization_and_t_end() -> None:
         flow_timesteps(10, discretization="karras")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="t_end"):
         flow_timesteps(10, t_end=1.0)
+
+
+@pytest.mark.parametrize(("n", "shift"), [(1, 3.0), (6, 3.0), (28, 4.0), (20, 6.0)])
+def test_flow_match_euler_grid_is_diffusers_scheduler_grid(n: int, shift: float) -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(n)
+    ours = flow_timesteps(n, shift, discretization="flow_match_euler")
+    torch.testing.assert_close(ours.float(), scheduler.sigmas.float(), rtol=0, atol=1e-6)

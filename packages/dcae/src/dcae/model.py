@@ -183,6 +183,14 @@ class DCAE(nn.Module):
         _warn_if_slow_bf16(latents.device, self.dtype)
         return self.decoder(latents.to(self.dtype))
 
+    def decode_tiled(
+        self, latents: torch.Tensor, *, tile: int | None = None, memory_budget: float | None = None
+    ) -> torch.Tensor:
+        """Decode in overlapping tiles sized to `memory_budget` bytes of activations; see `dcae.decode_tiled`."""
+        from dcae.tiling import decode_tiled
+
+        return decode_tiled(self, latents, tile=tile, memory_budget=memory_budget)
+
     @classmethod
     def from_pretrained(
         cls,

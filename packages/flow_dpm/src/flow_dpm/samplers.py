@@ -31,7 +31,7 @@ class FlowDPMSolver:
         flow_shift: time shift s > 0 (Sana: 3.0; 4.0 for 0.6B-1024; 6.0 for 4K).
         solver_type: `"midpoint"` (Sana, diffusers) or `"heun"` second-order formula.
         lower_order_final: lower the order on the last steps (Sana: True).
-        discretization: `"time_uniform_flow"` (Sana-exact), `"logsnr_uniform"` or `"uniform"`.
+        discretization: `"time_uniform_flow"` (Sana-exact), `"logsnr_uniform"`, `"uniform"` or `"flow_match_euler"`.
         t_end: unshifted distance of the first grid point from t = 1 (Sana: 1e-3).
         final_step: `"data"` (Sana-exact: the last x0 prediction) or `"adams2"` (second order, same NFE).
     """
@@ -91,7 +91,10 @@ class _OneStepSampler:
 
 @dataclass(frozen=True)
 class FlowEuler(_OneStepSampler):
-    """Flow-Euler reference sampler (diffusers' FlowMatchEuler update); N evaluations for N steps."""
+    """Flow-Euler, as native Sana runs it: diffusers' FlowMatchEuler update on its grid ("flow_match_euler");
+    N evaluations for N steps."""
+
+    discretization: Discretization = "flow_match_euler"
 
     def sample(
         self, velocity: VelocityField, noise: Tensor, num_steps: int = 28, *, callback: StepCallback | None = None

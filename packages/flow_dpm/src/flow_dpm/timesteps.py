@@ -11,8 +11,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Discretization = Literal["time_uniform_flow", "logsnr_uniform", "uniform"]
-DISCRETIZATIONS: tuple[Discretization, ...] = ("time_uniform_flow", "logsnr_uniform", "uniform")
+Discretization = Literal["time_uniform_flow", "logsnr_uniform", "uniform", "flow_match_euler"]
+DISCRETIZATIONS: tuple[Discretization, ...] = ("time_uniform_flow", "logsnr_uniform", "uniform", "flow_match_euler")
 
 T_END = 1e-3  # Sana's t_end: the grid starts at 1 - t_end before the shift (spec §4.2)
 
@@ -50,7 +50,10 @@ def flow_timesteps(
             and the last point replaced by exactly 0 (identical to diffusers' `use_flow_sigmas=True` grid);
             `"logsnr_uniform"` — uniform in the half log-SNR λ = ln((1 - t) / t) between the first and the
             last non-zero points of Sana's grid, then 0;
-            `"uniform"` — shift(linspace(1, 0, N + 1)), the FlowMatchEuler grid (starts at exactly t = 1).
+            `"uniform"` — shift(linspace(1, 0, N + 1)) (starts at exactly t = 1);
+            `"flow_match_euler"` — diffusers' `FlowMatchEulerDiscreteScheduler(shift=s)` grid, which native Sana's
+            Flow-Euler sampler uses: shift(linspace(1, shift(t_end), N)), then 0 (the lower end is shifted twice,
+            so the last step is a short one from about 3 t_end to 0).
         t_end: the unshifted distance from 1 of the first point (Sana: 1e-3); must lie in (0, 1).
 
     Returns:
@@ -67,6 +70,9 @@ def flow_timesteps(
         t = _logsnr_uniform(num_steps, shift, t_end)
     elif discretization == "uniform":
         t = shift_time(torch.linspace(1, 0, num_steps + 1, dtype=torch.float64), shift)
+    elif discretization == "flow_match_euler":
+        low = float(shift_time(torch.tensor(t_end, dtype=torch.float64), shift))
+        t = torch.cat([shift_time(torch.linspace(1, low, num_steps, dtype=torch.float64), shift), torch.zeros(1)])
     else:
         raise ValueError(f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}")
     t[-1] = 0.0  # exactly zero: the last step lands on data, with no log(0) downstream

@@ -120,6 +120,11 @@ class LinearDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.x_embedder.proj.weight.dtype
 
+    @property
+    def pag_layers(self) -> tuple[int, ...]:
+        """The blocks PAG perturbs when a call's `PAG` names none (a checkpoint property, from the config)."""
+        return self.config.pag_layers
+
     def _text_bias(self, text: Tensor, text_mask: Tensor | None, B: int) -> tuple[Tensor, Tensor | None]:
         """Additive cross-attention bias (B, 1, 1, L'), after dropping trailing columns padded in every row.
 

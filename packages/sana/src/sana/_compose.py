@@ -1,0 +1,70 @@
+"""Building the pipeline's parts, and the one place where latents are scaled (house style §4.6).
+
+The autoencoder stays raw; the diffusion model sees `raw * scaling_factor`. `to_diffusion_latents` and
+`from_diffusion_latents` are the only code that applies the factor, and the factor is the autoencoder's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sana.protocols import Autoencoder
+
+log = logging.getLogger("sana")
+
+# Sana's text encoders run in bf16 on accelerators (Gemma overflows fp16); on a CPU without native bf16 fp32 is
+# both faster and exact, so the text encoder follows the pipeline dtype there unless it is fp16.
+_TEXT_DTYPE_ON_CPU = {torch.float16: torch.float32, torch.bfloat16: torch.bfloat16, torch.float32: torch.float32}
+
+
+def to_diffusion_latents(ae: Autoencoder, raw: Tensor) -> Tensor:
+    """Raw autoencoder latents -> the scale the diffusion model was trained on."""
+    return raw * ae.scaling_factor
+
+
+def from_diffusion_latents(ae: Autoencoder, latents: Tensor) -> Tensor:
+    """Diffusion-scale latents -> raw latents for `ae.decode`."""
+    return latents / ae.scaling_factor
+
+
+def text_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The text encoder's dtype for a pipeline running in `dtype` on `device` (bf16 on accelerators)."""
+    if torch.device(device).type == "cpu":
+        return _TEXT_DTYPE_ON_CPU[dtype]
+    return torch.bfloat16
+
+
+def resolve_field(location: str, field: str) -> Path:
+    """Resolve a model location named by config field `field`; errors say which field to point elsewhere."""
+    from sana.hub import ModelNotFoundError, resolve
+
+    try:
+        return resolve(location)
+    except (ModelNotFoundError, FileNotFoundError) as err:
+        raise type(err)(
+            f"{err}\n(config field `{field}` = {location!r}; point it at a local copy, e.g. --{field}=/path/to/model)"
+        ) from err
+
+
+def load_text_encoder_parts(model_dir: Path, tokenizer_dir: Path, *, chi: Any, max_length: int, dtype, device):
+    """A `sana_text.TextEncoder` from a model folder and a (possibly separate) tokenizer folder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from sana_text import TextEncoder
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModel.from_pretrained(model_dir, dtype=dtype).to(device)
+    return TextEncoder(model, tokenizer, chi=chi, max_length=max_length, model_id=str(model_dir))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
