@@ -141,11 +141,17 @@ class SanaPipeline:
 
         path = _compose.resolve_field(str(location), "model_path")
         graph = dit_config(self.config)
-        # An official .pth carries no config: the YAML's model fields describe it. Folders describe themselves;
-        # the YAML still decides the checkpoint properties (PAG layers, training precision).
-        config = graph if path.is_file() else None
-        extra = {} if path.is_file() else {"pag_layers": graph.pag_layers, "trained_dtype": graph.trained_dtype}
-        self.denoiser = load_linear_dit(path, config=config, dtype=self.dtype, device=self.device, **extra)
+        # The widths and depth are read off the checkpoint's shapes (an official .pth has no config); what shapes
+        # cannot tell comes from the YAML: positional embedding, PAG layers, training precision.
+        known = ("pos_embed", "pe_interpolation", "pe_base_size", "pag_layers", "trained_dtype")
+        extra = {name: getattr(graph, name) for name in known}
+        self.denoiser = load_linear_dit(path, dtype=self.dtype, device=self.device, **extra)
+        found = self.denoiser.config
+        if (found.depth, found.hidden_size) != (graph.depth, graph.hidden_size):
+            log.warning(
+                "checkpoint %s has %d blocks of width %d but model.model=%s describes %d x %d; using the checkpoint",
+                path, found.depth, found.hidden_size, self.config.model.model, graph.depth, graph.hidden_size,
+            )  # fmt: skip
         self._check_parts()
         return self
 
