@@ -126,3 +126,45 @@ def offline_hf_cache(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "not_the_cache"))
     yield FakeHubCache(cache)
     assert network_attempts == [], f"the offline hub path touched the network: {network_attempts}"
+
+
+# --- pipeline/CLI fixtures ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyLocalModel:
+    """A tiny model laid out as the official configs expect it: an official-format transformer `.pth`, a DC-AE
+    folder and a text-encoder folder, plus the dotted overrides that point an official YAML at them."""
+
+    pth: Path
+    vae: Path
+    text_encoder: Path
+
+    @property
+    def overrides(self) -> list[str]:
+        return [
+            f"--vae.vae_pretrained={self.vae}",
+            f"--vae.vae_latent_dim={TINY_LATENT_CHANNELS}",
+            f"--text_encoder.text_encoder_name={self.text_encoder}",
+            f"--text_encoder.caption_channels={TINY_TEXT_WIDTH}",
+            "--model.pag_applied_layers=[1]",
+            "--model.cross_attention_heads=2",
+            "--model.image_size=256",  # bin to the 256 tables: the f = 4 autoencoder makes 4x the latents of f = 32
+        ]
+
+
+@pytest.fixture(scope="session")
+def tiny_local_model(tmp_path_factory: pytest.TempPathFactory) -> TinyLocalModel:
+    from dcae import save_dcae
+    from dcae.testing import random_model
+    from dcae.testing import tiny_config as tiny_ae_config
+    from linear_dit import LinearDiT, save_linear_dit
+    from linear_dit.testing import randomize_
+    from linear_dit.testing import tiny_config as tiny_dit_config
+    from sana_text.testing import save_tiny_llm
+
+    root = tmp_path_factory.mktemp("tiny_local_model")
+    dit = randomize_(LinearDiT(tiny_dit_config(in_channels=TINY_LATENT_CHANNELS, caption_channels=TINY_TEXT_WIDTH)))
+    pth = save_linear_dit(dit, root / "checkpoints" / "tiny.pth", fmt="sana")
+    vae = save_dcae(random_model(tiny_ae_config(latent_channels=TINY_LATENT_CHANNELS)), root / "vae")
+    return TinyLocalModel(pth, vae, save_tiny_llm(root / "text_encoder"))

@@ -214,7 +214,7 @@ def config_from_diffusers(cfg: dict[str, Any], **overrides: Any) -> LinearDiTCon
     return LinearDiTConfig(**{**fields, **overrides})
 
 
-def config_from_sana_state(state: StateDict, pos_embed: Tensor | None, **overrides: Any) -> LinearDiTConfig:
+def config_from_sana_state(state: StateDict, pos_table: Tensor | None, /, **overrides: Any) -> LinearDiTConfig:
     """Infer the graph of an official `.pth` from its shapes (the file carries no config).
 
     The cross-attention head count is not visible in any shape: it comes from the Sana preset of the same width
@@ -233,12 +233,12 @@ def config_from_sana_state(state: StateDict, pos_embed: Tensor | None, **overrid
         caption_channels=state["y_embedder.y_proj.fc1.weight"].shape[1],
         qk_norm="blocks.0.attn.q_norm.weight" in state,
         cross_norm="blocks.0.cross_attn.q_norm.weight" in state,
-        **_pe_fields(pos_embed, dim),
+        **_pe_fields(pos_table, dim),
         **_preset_like(dim, depth),
     )
     if NULL_CAPTION_KEY in state:
         fields["text_length"] = state[NULL_CAPTION_KEY].shape[0]
-    fields.update(overrides)
+    fields.update(overrides)  # e.g. the PE of a YAML: the buffer is dropped from some official checkpoints
     if "cross_attention_heads" not in fields:
         raise ValueError(f"cannot tell the cross-attention heads of a width-{dim} model; pass a config")
     return LinearDiTConfig(**fields)

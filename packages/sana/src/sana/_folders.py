@@ -100,7 +100,7 @@ def pipeline_from_folder(
     settings = {**_settings(folder, image_size, _stored_dtype(stored)), **dict(overrides)}
     settings.setdefault("model.pag_applied_layers", list(default_pag_layers(denoiser.config.depth)))
     log.info("loaded pipeline folder %s (image_size %d, %s)", folder, image_size, run_dtype)
-    return cls(
+    pipe = cls(
         None,
         overrides=settings,
         denoiser=denoiser,
@@ -109,3 +109,5 @@ def pipeline_from_folder(
         device=device,
         dtype=run_dtype,
     )
+    pipe.sources = {part: str(folder / part) for part in PARTS}
+    return pipe

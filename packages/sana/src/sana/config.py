@@ -147,6 +147,9 @@ class ModelConfig(BaseModel):
     cfg_scale: float = 4.0  # default guidance scale for validation images
     guidance_type: str = "classifier-free"  # validation guidance kind; compatibility
     pag_applied_layers: list[NonNegativeInt] = [14]  # block indices perturbed by PAG
+    # Ours, not in the official schema: cross-attention heads of a checkpoint whose width has no official preset
+    # (no shape reveals them; e.g. tiny test models). None: the preset of the checkpoint's width decides.
+    cross_attention_heads: PositiveInt | None = None
 
 
 class AEConfig(BaseModel):

@@ -100,6 +100,7 @@ class SanaPipeline:
         self.device = torch.device(device)
         self.dtype = dtype or (torch.float32 if self.device.type == "cpu" else weight_dtype(self.config))
         self.decode_memory_budget = decode_memory_budget
+        self.sources: dict[str, str] = {}  # where each loaded part came from (recorded in image metadata)
         self.autoencoder = autoencoder if autoencoder is not None else self._load_autoencoder()
         self.text_encoder = text_encoder if text_encoder is not None else self._load_text_encoder()
         self.denoiser = denoiser
@@ -114,6 +115,7 @@ class SanaPipeline:
         from dcae import load_dcae
 
         path = _compose.resolve_field(self.config.vae.vae_pretrained, "vae.vae_pretrained")
+        self.sources["vae"] = str(path)
         return load_dcae(path, dtype=self.dtype, device=self.device)
 
     def _load_text_encoder(self) -> TextEncoder:
@@ -125,6 +127,7 @@ class SanaPipeline:
             TEXT_ENCODER_IDS.get(te.text_encoder_name, te.text_encoder_name), "text_encoder.text_encoder_name"
         )
         dtype = _compose.text_dtype(self.dtype, self.device)
+        self.sources["text_encoder"] = str(path)
         return load_text_encoder(
             path,
             chi=list(te.chi_prompt) or None,
@@ -145,7 +148,10 @@ class SanaPipeline:
         # cannot tell comes from the YAML: positional embedding, PAG layers, training precision.
         known = ("pos_embed", "pe_interpolation", "pe_base_size", "pag_layers", "trained_dtype")
         extra = {name: getattr(graph, name) for name in known}
+        if self.config.model.cross_attention_heads is not None:
+            extra["cross_attention_heads"] = self.config.model.cross_attention_heads
         self.denoiser = load_linear_dit(path, dtype=self.dtype, device=self.device, **extra)
+        self.sources["transformer"] = str(path)
         found = self.denoiser.config
         if (found.depth, found.hidden_size) != (graph.depth, graph.hidden_size):
             log.warning(

@@ -1,0 +1,153 @@
+"""The `sana` command: `generate`, `convert` and `config`. Each subcommand parses, loads, and calls library code.
+
+    sana generate "a cyberpunk cat" --model_path Efficient-Large-Model/Sana_1600M_1024px_diffusers -o out/
+    sana generate --config configs/sana_config/1024ms/Sana_1600M_img1024.yaml \\
+        --model_path hf://Efficient-Large-Model/Sana_1600M_1024px/checkpoints/Sana_1600M_1024px.pth \\
+        --txt_file prompts.txt --bs 4 -o out/ --model.pag_applied_layers="[8]"
+    sana convert model.pth out_diffusers/ --to diffusers
+    sana config configs/sana_config/512ms/Sana_600M_img512.yaml --train.train_batch_size=32
+
+Dotted config overrides (`--section.key=value`, as in the official scripts) may be mixed with the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from sana import __version__
+from sana.config import ConfigError, dump_config, load_config, parse_overrides
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SAMPLER_ALIASES = {"flow_dpm-solver": "flow_dpm-solver", "dpm": "flow_dpm-solver", "flow_euler": "flow_euler"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sana", description="The Sana toolkit command line.")
+    parser.add_argument("--version", action="version", version=f"sana {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="text -> PNG images (with their settings in PNG text chunks)")
+    gen.add_argument("prompt", nargs="*", help="prompt(s); `--ar H:W` / `--hw H:W` inside a prompt set its size")
+    gen.add_argument("--config", help="a Sana YAML (official ones load unchanged)")
+    gen.add_argument("--model_path", help="transformer .pth / folder, diffusers pipeline folder, hf:// or repo id")
+    src = gen.add_mutually_exclusive_group()
+    src.add_argument("--txt_file", help="one prompt per line")
+    src.add_argument("--json_file", help='MJHQ-style {key: {"prompt": ...}}; files are named by key')
+    gen.add_argument("-o", "--output", default="outputs", help="output folder (default: outputs)")
+    gen.add_argument("--height", type=int, help="pixels (default: the config's image_size)")
+    gen.add_argument("--width", type=int, help="pixels (default: the config's image_size)")
+    gen.add_argument("--steps", "--step", type=int, default=-1, help="solver steps; -1: 20 (DPM) / 28 (Euler)")
+    gen.add_argument("--cfg_scale", type=float, default=4.5, help="classifier-free guidance scale (default 4.5)")
+    gen.add_argument("--pag_scale", type=float, default=1.0, help="PAG scale; > 1 turns PAG on (default 1.0)")
+    gen.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    gen.add_argument("--negative_prompt", default="", help="negative prompt (encoded without the instruction)")
+    gen.add_argument("--sampler", "--sampling_algo", choices=sorted(SAMPLER_ALIASES), help="default: config")
+    gen.add_argument("--bs", type=int, default=1, help="images per model call (images do not depend on it)")
+    gen.add_argument("--images_per_prompt", type=int, default=1, help="images per prompt")
+    gen.add_argument("--sample_nums", type=int, help="use only the first N prompts")
+    gen.add_argument("--interval_guidance", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"))
+    gen.add_argument("--no_binning", action="store_true", help="generate at exactly --height x --width")
+    gen.add_argument("--dtype", choices=sorted(DTYPES), help="compute dtype (default: fp32 on CPU, config on GPU)")
+    gen.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    gen.set_defaults(run=_generate)
+
+    conv = sub.add_parser("convert", help="convert checkpoints: official .pth <-> diffusers <-> ours")
+    conv.add_argument("src", help="a .pth, a transformer folder, a pipeline folder, hf:// or a repo id")
+    conv.add_argument("dst", help="where to write (a .pth file for --to sana, else a folder)")
+    conv.add_argument("--to", required=True, choices=("sana", "diffusers", "linear_dit"))
+    conv.add_argument("--config", help="the YAML that describes an official .pth (its model section is the graph)")
+    conv.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing dst")
+    conv.set_defaults(run=_convert)
+
+    cfg = sub.add_parser("config", help="print a resolved config (YAML + dotted overrides)")
+    cfg.add_argument("config", nargs="?", help="a Sana YAML (default: the built-in defaults)")
+    cfg.set_defaults(run=_print_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sana` command; returns the exit status."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    overrides, rest = parse_overrides(args_in)
+    parser = _parser()
+    args = parser.parse_args(rest)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.run(args, overrides) or 0
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError, RuntimeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"sana {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _print_config(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    print(dump_config(load_config(args.config, overrides)), end="")
+    return 0
+
+
+def _convert(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from sana.config import dit_config
+    from sana.convert import convert
+
+    graph = dit_config(load_config(args.config, overrides)) if args.config else None
+    dst = convert(args.src, args.dst, args.to, config=graph, dtype=DTYPES.get(args.dtype), overwrite=args.overwrite)
+    print(f"wrote {dst}")
+    return 0
+
+
+def _generate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from sana.batch import PromptItem, read_json_prompts, read_txt_prompts, run_batch
+
+    config = load_config(args.config, overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    if args.txt_file or args.json_file:
+        if args.prompt:
+            raise ValueError("give prompts either as arguments or with --txt_file/--json_file, not both")
+        items = read_txt_prompts(args.txt_file) if args.txt_file else read_json_prompts(args.json_file)
+    elif args.prompt:
+        items = [PromptItem(f"{i:05d}", p) for i, p in enumerate(args.prompt)]
+    else:
+        raise ValueError("no prompt: pass one as an argument, or --txt_file / --json_file")
+    items = items[: args.sample_nums] if args.sample_nums else items
+    pipe = load_pipeline(config, args.model_path, overrides, device=args.device, dtype=DTYPES.get(args.dtype))
+    size = pipe.config.model.image_size
+    settings = {
+        "height": args.height or size, "width": args.width or size,
+        "num_inference_steps": None if args.steps == -1 else args.steps, "guidance_scale": args.cfg_scale,
+        "pag_guidance_scale": args.pag_scale, "negative_prompt": args.negative_prompt,
+        "sampler": SAMPLER_ALIASES[args.sampler] if args.sampler else None,
+        "use_resolution_binning": not args.no_binning, "interval_guidance": tuple(args.interval_guidance),
+    }  # fmt: skip
+    manifest = run_batch(
+        pipe, items, args.output, settings=settings, images_per_prompt=args.images_per_prompt,
+        batch_size=args.bs, seed=args.seed, on_image=lambda job, path: print(path),
+    )  # fmt: skip
+    print(f"manifest: {manifest}")
+    return 0
+
+
+def load_pipeline(config: Any, model_path: str | None, overrides: dict[str, Any], *, device: str, dtype: Any) -> Any:
+    """A whole pipeline folder/repo, or the config's parts plus a transformer checkpoint."""
+    from sana.hub import checkpoint_format, resolve
+    from sana.pipeline import SanaPipeline
+
+    if model_path is None:
+        raise ValueError("no model: pass --model_path (a transformer checkpoint with --config, or a pipeline folder)")
+    location = resolve(model_path)
+    if location.is_dir() and checkpoint_format(location) in ("diffusers_pipeline", "sana_pipeline"):
+        return SanaPipeline.from_pretrained(location, device=device, dtype=dtype, overrides=overrides)
+    return SanaPipeline(config, device=device, dtype=dtype).from_pretrained(location)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
