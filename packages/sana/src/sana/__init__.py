@@ -17,9 +17,18 @@ width, K timesteps in a schedule.
 
 from sana._compose import from_diffusion_latents, to_diffusion_latents
 from sana.config import ConfigError, SanaConfig, dump_config, load_config, save_config
+from sana.hub import ModelNotFoundError, resolve
 from sana.images import read_metadata, resize_and_crop, save_png
 from sana.pipeline import SanaPipeline
-from sana.protocols import Autoencoder, Denoiser, Sampler, SupportsPAG, SupportsTiledDecode, TextEncoder
+from sana.protocols import (
+    Autoencoder,
+    Denoiser,
+    Sampler,
+    SupportsFree,
+    SupportsPAG,
+    SupportsTiledDecode,
+    TextEncoder,
+)
 
 __version__ = "0.1.0"
 
@@ -39,6 +48,10 @@ __all__ = (
     "Sampler",
     "SupportsPAG",
     "SupportsTiledDecode",
+    "SupportsFree",
+    # model locations (conversion: `sana.convert.convert`)
+    "resolve",
+    "ModelNotFoundError",
     # latent scaling (the one place)
     "to_diffusion_latents",
     "from_diffusion_latents",
