@@ -203,7 +203,7 @@ def test_unknown_key_in_yaml_file(tmp_path: Path) -> None:
     [
         ("--model.mixed_precision=fp8", "model.mixed_precision", "'fp16', 'bf16' or 'fp32'"),
         ("--model.image_size=1000", "model.image_size", "256, 512, 1024, 2048 or 4096"),
-        ("--data.image_size=640", "data.image_size", "256, 512, 1024, 2048 or 4096"),
+        ("--model.image_size=640", "model.image_size", "256, 512, 1024, 2048 or 4096"),
         ("--scheduler.flow_shift=0", "scheduler.flow_shift", "greater than 0"),
         ("--scheduler.vis_sampler=ddim", "scheduler.vis_sampler", "'flow_euler'"),
         ("--model.aspect_ratio_type=ASPECT_RATIO_999", "model.aspect_ratio_type", "'ASPECT_RATIO_1024'"),

@@ -68,3 +68,31 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot read {path}: {err}") from err
+
+
+def load_autoencoder(cfg: Any, *, dtype: torch.dtype, device: torch.device | str) -> tuple[Any, Path]:
+    """The config's autoencoder (`vae.vae_pretrained`: local path, hub id or hf://) and where it came from."""
+    from dcae import load_dcae
+
+    path = resolve_field(cfg.vae.vae_pretrained, "vae.vae_pretrained")
+    return load_dcae(path, dtype=dtype, device=device), path
+
+
+def load_config_text_encoder(cfg: Any, *, dtype: torch.dtype, device: torch.device | str) -> tuple[Any, Path]:
+    """The config's text encoder (official names map to their hub ids) with its CHI and length, and its path."""
+    from sana.config import TEXT_ENCODER_IDS
+    from sana_text import load_text_encoder
+
+    te = cfg.text_encoder
+    path = resolve_field(
+        TEXT_ENCODER_IDS.get(te.text_encoder_name, te.text_encoder_name), "text_encoder.text_encoder_name"
+    )
+    encoder = load_text_encoder(
+        path,
+        chi=list(te.chi_prompt) or None,
+        max_length=te.model_max_length,
+        dtype=text_dtype(dtype, device),
+        device=device,
+        expected_dim=te.caption_channels,
+    )
+    return encoder, path

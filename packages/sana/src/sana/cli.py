@@ -16,6 +16,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true", help="replace an existing dst")
     conv.set_defaults(run=_convert)
 
+    tr = sub.add_parser("train", help="flow-matching training (needs sana[train]); dotted overrides allowed")
+    tr.add_argument("config", help="a Sana YAML, e.g. configs/sana_config/512ms/Sana_600M_img512.yaml")
+    tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    tr.set_defaults(run=_train)
+
     cfg = sub.add_parser("config", help="print a resolved config (YAML + dotted overrides)")
     cfg.add_argument("config", nargs="?", help="a Sana YAML (default: the built-in defaults)")
     cfg.set_defaults(run=_print_config)
@@ -90,6 +96,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _print_config(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     print(dump_config(load_config(args.config, overrides)), end="")
+    return 0
+
+
+def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    config = load_config(args.config, overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    try:
+        from sana.train.loop import train
+    except ImportError as err:
+        raise RuntimeError(f"training needs the train extra: pip install './packages/sana[train]' ({err})") from None
+    run = train(config)
+    print(f"trained to step {run.state.step}; checkpoints in {Path(config.work_dir) / 'checkpoints'}")
     return 0
 
 

@@ -102,7 +102,7 @@ class DataConfig(BaseModel):
     load_vae_feat: bool = False  # read precomputed latents (`.npy`) instead of encoding images
     transform: str = "default_train"  # image transform name
     type: str = "SanaWebDatasetMS"  # dataset class: SanaImgDataset, SanaWebDataset, SanaWebDatasetMS
-    image_size: ImageSize = 512  # px, base training resolution
+    image_size: PositiveInt = 512  # px, the square training size when model.multi_scale is false
     hq_only: bool = False  # keep only samples marked high quality; compatibility
     valid_num: int = 0  # number of validation samples held out; compatibility
     data: str | list[Any] | dict[str, Any] | None = None  # free-form dataset options; compatibility
@@ -281,6 +281,13 @@ class TrainingConfig(BaseModel):
     w_min: float = 3.0  # LCM only; compatibility
     ema_decay: float = 0.95  # LCM only; compatibility
     debug_nan: bool = False  # register overflow hooks
+    use_lora: bool = False  # ours: train LoRA adapters of rank lora_rank on the transformer instead of all weights
+    # Ours, not in the official schema:
+    max_steps: PositiveInt | None = None  # stop after this many optimizer steps (None: num_epochs decides)
+    keep_last_checkpoints: PositiveInt = 3  # older checkpoints are deleted once a newer one is complete
+    max_nan_steps: PositiveInt = 20  # abort after this many non-finite losses in a row (skipped steps)
+    use_ema: bool = False  # keep an EMA of the transformer weights (decay ema_rate), saved with checkpoints
+    validation_sampling_steps: PositiveInt = 20  # solver steps of the validation images
 
 
 class SanaConfig(BaseModel):

@@ -112,30 +112,14 @@ class SanaPipeline:
     # --- construction -------------------------------------------------------------------------------------------
 
     def _load_autoencoder(self) -> Autoencoder:
-        from dcae import load_dcae
-
-        path = _compose.resolve_field(self.config.vae.vae_pretrained, "vae.vae_pretrained")
+        autoencoder, path = _compose.load_autoencoder(self.config, dtype=self.dtype, device=self.device)
         self.sources["vae"] = str(path)
-        return load_dcae(path, dtype=self.dtype, device=self.device)
+        return autoencoder
 
     def _load_text_encoder(self) -> TextEncoder:
-        from sana.config import TEXT_ENCODER_IDS
-        from sana_text import load_text_encoder
-
-        te = self.config.text_encoder
-        path = _compose.resolve_field(
-            TEXT_ENCODER_IDS.get(te.text_encoder_name, te.text_encoder_name), "text_encoder.text_encoder_name"
-        )
-        dtype = _compose.text_dtype(self.dtype, self.device)
+        encoder, path = _compose.load_config_text_encoder(self.config, dtype=self.dtype, device=self.device)
         self.sources["text_encoder"] = str(path)
-        return load_text_encoder(
-            path,
-            chi=list(te.chi_prompt) or None,
-            max_length=te.model_max_length,
-            dtype=dtype,
-            device=self.device,
-            expected_dim=te.caption_channels,
-        )
+        return encoder
 
     def _load_denoiser(self, location: str | Path) -> SanaPipeline:
         """Load the transformer from an official `.pth`, a diffusers transformer folder or ours (local or hub)."""
