@@ -287,3 +287,99 @@ def test_multi_scale_batches_have_one_size_each(assets, tmp_path):
     assert len(sizes) > 1  # the toy data has several aspect ratios: several buckets
     for batch in loader(dataset, sampler, 0):
         assert len({tuple(im.shape) for im in batch["image"]}) == 1
+
+
+EXAMPLE_DATA = Path(__file__).resolve().parents[3] / "asset" / "example_data"
+
+
+def test_seed_command_unchanged_on_the_shipped_example_data(assets, tmp_path, capsys, monkeypatch):
+    """The seed's command word for word (its data_dir is the shipped folder), plus overrides to tiny models."""
+    from sana.cli import main
+
+    seed = [
+        '--data.data_dir="[asset/example_data]"',
+        "--data.type=SanaImgDataset",
+        "--model.multi_scale=false",
+        "--train.train_batch_size=32",
+    ]
+    tiny = [
+        a
+        for a in tiny_args(assets, tmp_path, train__max_steps=1)
+        if not a.startswith(("--data.data_dir", "--train.train_batch_size", "--data.type", "--model.multi_scale"))
+    ]
+    monkeypatch.chdir(EXAMPLE_DATA.parents[1])  # the seed's relative path, from the repository root
+    assert main(["train", SEED_CONFIG, *seed, *tiny]) == 0, capsys.readouterr().err
+    assert len(read_metrics(tmp_path)) == 1
+
+
+def test_training_on_a_feature_cache(assets, tmp_path, capsys):
+    from sana.cli import main
+
+    cache = tmp_path / "cache"
+    base = tiny_args(assets, tmp_path / "run", train__max_steps=2, train__save_model_steps=2)
+    assert (
+        main(["encode-latents", SEED_CONFIG, *base, "-o", str(cache), "--model.aspect_ratio_type=ASPECT_RATIO_256"])
+        == 0
+    )
+    assert "8 samples" in capsys.readouterr().out
+    cfg = load_config(
+        SEED_CONFIG,
+        [
+            *base,
+            "--data.load_vae_feat=true",
+            "--data.load_text_feat=true",
+            f"--data.feature_cache={cache}",
+            "--model.aspect_ratio_type=ASPECT_RATIO_256",
+        ],
+    )
+    run = train(cfg)
+    assert run.state.step == 2 and all(float(r["t_vae"]) == 0.0 for r in read_metrics(tmp_path / "run"))
+    bad = load_config(SEED_CONFIG, [*base, "--data.load_vae_feat=true"])
+    with pytest.raises(ValueError, match="must be set together"):
+        train(bad)
+
+
+def test_ema_is_kept_and_saved(assets, tmp_path):
+    cfg = load_config(
+        SEED_CONFIG,
+        tiny_args(
+            assets, tmp_path, train__max_steps=2, train__save_model_steps=2, train__use_ema="true", train__ema_rate=0.5
+        ),
+    )
+    run = train(cfg)
+    model = run.accelerator.unwrap_model(run.model)
+    key = "blocks.0.attn.qkv.weight"
+    assert not torch.equal(run.ema.shadow[key], model.state_dict()[key].float())
+    assert any(p.name.startswith("custom_checkpoint_2") for p in (tmp_path / "checkpoints" / "step_0000002").iterdir())
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_valid(assets, tmp_path, monkeypatch):
+    import accelerate
+
+    cfg = load_config(SEED_CONFIG, tiny_args(assets, tmp_path, train__max_steps=4, train__save_model_steps=2))
+    real = accelerate.Accelerator.save_state
+    calls = {"n": 0}
+
+    def disk_full(self, output_dir=None, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "partial.bin").write_bytes(b"x")
+            raise OSError(28, "No space left on device")
+        return real(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg)
+    from sana.train.checkpoint import list_checkpoints, resolve_resume
+
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002"]
+    assert resolve_resume(tmp_path, "latest").name == "step_0000002"
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", real)
+    resumed = train(
+        load_config(
+            SEED_CONFIG,
+            tiny_args(assets, tmp_path, train__max_steps=4, train__save_model_steps=2, resume_from="latest"),
+        )
+    )
+    assert resumed.state.step == 4 and not list((tmp_path / "checkpoints").glob(".tmp_*"))

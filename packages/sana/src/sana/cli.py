@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     tr.set_defaults(run=_train)
 
+    enc = sub.add_parser("encode-latents", help="precompute a training feature cache (latents + text features)")
+    enc.add_argument("config", help="the training YAML (its data, vae and text_encoder sections are used)")
+    enc.add_argument("-o", "--output", required=True, help="cache folder (resumable: existing samples are kept)")
+    enc.add_argument("--bs", type=int, default=8, help="images per encoder call")
+    enc.set_defaults(run=_encode_latents)
+
     cfg = sub.add_parser("config", help="print a resolved config (YAML + dotted overrides)")
     cfg.add_argument("config", nargs="?", help="a Sana YAML (default: the built-in defaults)")
     cfg.set_defaults(run=_print_config)
@@ -110,6 +116,14 @@ def _train(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         raise RuntimeError(f"training needs the train extra: pip install './packages/sana[train]' ({err})") from None
     run = train(config)
     print(f"trained to step {run.state.step}; checkpoints in {Path(config.work_dir) / 'checkpoints'}")
+    return 0
+
+
+def _encode_latents(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from sana.features import encode_latents
+
+    cache = encode_latents(load_config(args.config, overrides), args.output, batch_size=args.bs)
+    print(f"feature cache: {cache.root} ({len(cache.sample_keys())} samples)")
     return 0
 
 

@@ -106,6 +106,9 @@ class DataConfig(BaseModel):
     hq_only: bool = False  # keep only samples marked high quality; compatibility
     valid_num: int = 0  # number of validation samples held out; compatibility
     data: str | list[Any] | dict[str, Any] | None = None  # free-form dataset options; compatibility
+    # Ours: a feature cache written by `sana encode-latents` (latents + text features at their buckets), read when
+    # load_vae_feat and load_text_feat are both true.
+    feature_cache: str | None = None
 
 
 class ResumeConfig(BaseModel):

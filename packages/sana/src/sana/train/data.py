@@ -100,7 +100,35 @@ def build_data(cfg: SanaConfig, *, rank: int, world: int) -> tuple[BucketDataset
     return dataset, sampler
 
 
-def loader(dataset: BucketDataset, sampler: RankSlice, workers: int) -> torch.utils.data.DataLoader:
+def build_cached_data(cfg: SanaConfig, *, rank: int, world: int) -> tuple[Any, RankSlice]:
+    """Training samples from a `sana encode-latents` feature cache (`data.feature_cache`)."""
+    from sana_data import CachedFeatureDataset, FeatureCache
+
+    d = cfg.data
+    if not d.feature_cache:
+        raise ValueError("data.load_vae_feat/load_text_feat need data.feature_cache (written by `sana encode-latents`)")
+    cache = FeatureCache(Path(d.feature_cache).expanduser())
+    rule: Any = PowerRule(tau=d.clip_thr_temperature, threshold=d.clip_thr) if d.external_clipscore_suffixes else (
+        ProportionRule(dict(d.caption_proportion)))  # fmt: skip
+    dataset = CachedFeatureDataset(cache, caption_rule=rule, seed=cfg.train.seed)
+    bs = cfg.train.train_batch_size
+    plan = AspectRatioBatchSampler(dataset.bucket_keys(), bs * world, seed=cfg.train.seed, num_replicas=1, rank=0)
+    if len(plan) == 0:
+        raise ValueError(f"no full batch of {bs} x {world} in any bucket of the {len(dataset)} cached samples")
+    return dataset, RankSlice(plan, rank, bs)
+
+
+def uses_cache(cfg: SanaConfig) -> bool:
+    d = cfg.data
+    if d.load_vae_feat != d.load_text_feat:
+        raise ValueError("data.load_vae_feat and data.load_text_feat must be set together (one cache holds both)")
+    return d.load_vae_feat
+
+
+def loader(dataset: Any, sampler: RankSlice, workers: int) -> torch.utils.data.DataLoader:
+    from sana_data import CachedFeatureDataset, collate_features
+
+    collate_fn = collate_features if isinstance(dataset, CachedFeatureDataset) else collate
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers, persistent_workers=False
+        dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=workers, persistent_workers=False
     )

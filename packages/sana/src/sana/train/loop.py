@@ -22,7 +22,7 @@ import torch
 from sana import _compose
 from sana.config import SanaConfig, dit_config, save_config
 from sana.train import checkpoint as ckpt
-from sana.train.data import build_data, loader
+from sana.train.data import build_cached_data, build_data, loader, uses_cache
 from sana.train.objective import ObjectiveSettings, draw, drop_captions, loss_fn
 
 log = logging.getLogger("sana.train")
@@ -175,7 +175,8 @@ def prepare_run(cfg: SanaConfig) -> Run:
     work_dir = Path(cfg.work_dir)
     _check_locations(cfg)  # unreachable models fail here, before any data is read or model built
     accelerator = _accelerator(cfg, work_dir)
-    dataset, sampler = build_data(cfg, rank=accelerator.process_index, world=accelerator.num_processes)
+    build = build_cached_data if uses_cache(cfg) else build_data
+    dataset, sampler = build(cfg, rank=accelerator.process_index, world=accelerator.num_processes)
     device = accelerator.device
     frozen_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
     autoencoder, _ = _compose.load_autoencoder(cfg, dtype=frozen_dtype, device=device)
@@ -225,9 +226,13 @@ def _resume(run: Run, folder: Path) -> None:
 
 @torch.no_grad()
 def _encode(run: Run, batch: dict[str, Any], times: dict[str, float]) -> tuple[torch.Tensor, ...]:
+    device = run.accelerator.device
+    if "latent" in batch:  # a feature cache: raw latents and text features computed by `sana encode-latents`
+        x0 = _compose.to_diffusion_latents(run.autoencoder, batch["latent"].to(device).float())  # (B, C_z, h, w)
+        return x0, batch["text"].to(device).float(), batch["text_mask"].to(device)
     start = time.perf_counter()
-    images = batch["image"].to(run.accelerator.device)
-    x0 = _compose.to_diffusion_latents(run.autoencoder, run.autoencoder.encode(images).float())  # (B, C_z, h, w)
+    raw = run.autoencoder.encode(batch["image"].to(device)).float()  # (B, C_z, h, w), unscaled
+    x0 = _compose.to_diffusion_latents(run.autoencoder, raw)
     times["t_vae"] += time.perf_counter() - start
     start = time.perf_counter()
     text, mask = run.text_encoder.encode(batch["caption"])  # (B, L, D_txt), (B, L)
