@@ -158,3 +158,25 @@ def test_saved_weights_are_plain_safetensors(tmp_path: Path) -> None:
     keys = set(load_file(tmp_path / "ae" / "model.safetensors"))
     assert detect_format(keys) == "dcae"
     assert json.loads((tmp_path / "ae" / "config.json").read_text())["config"]["scaling_factor"] == 0.5
+
+
+def test_save_is_atomic_and_rejects_unknown_formats(tmp_path, monkeypatch):
+    import dcae.io
+    from dcae import save_dcae
+    from dcae.testing import random_model, tiny_config
+
+    model = random_model(tiny_config())
+    with pytest.raises(ValueError, match="unknown checkpoint format 'onnx'"):
+        save_dcae(model, tmp_path / "x", fmt="onnx")
+    assert not (tmp_path / "x").exists()
+    target = save_dcae(model, tmp_path / "ae")
+    before = sorted(p.name for p in target.iterdir())
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dcae.io, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_dcae(model, tmp_path / "ae")
+    assert sorted(p.name for p in target.iterdir()) == before  # the previous checkpoint is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["ae"]  # and no temporary is left behind

@@ -133,3 +133,33 @@ def test_sprint_configs_are_refused() -> None:
     cfg = {**config_to_diffusers(tiny_config()), "guidance_embeds": True}
     with pytest.raises(ValueError, match="guidance_embeds"):
         config_from_diffusers(cfg)
+
+
+def test_save_is_atomic_and_rejects_unknown_formats(tmp_path, monkeypatch):
+    import linear_dit.io
+    from linear_dit import LinearDiT, save_linear_dit
+    from linear_dit.testing import tiny_config
+
+    model = LinearDiT(tiny_config())
+    with pytest.raises(ValueError, match="unknown format 'onnx'"):
+        save_linear_dit(model, tmp_path / "x", fmt="onnx")
+    target = save_linear_dit(model, tmp_path / "dit")
+    before = sorted(p.name for p in target.iterdir())
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(linear_dit.io, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_linear_dit(model, tmp_path / "dit")
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["dit"]
+
+
+def test_trained_dtype_accepts_the_checkpoint_labels(tmp_path):
+    from linear_dit import LinearDiT, load_linear_dit, save_linear_dit
+    from linear_dit.testing import tiny_config
+
+    path = save_linear_dit(LinearDiT(tiny_config()), tmp_path / "dit")
+    assert load_linear_dit(path, trained_dtype="fp16-trained").config.clamps_fp16
+    assert load_linear_dit(path, trained_dtype="bf16-trained").config.trained_dtype == "bfloat16"

@@ -14,6 +14,11 @@ Pickled files are read with `torch.load(weights_only=True)` only.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +48,14 @@ def save_dcae(model: DCAE, path: str | Path, fmt: str = "dcae") -> Path:
     An efficientvit file ending in `.pth` is a torch dict with a `state_dict` entry (as upstream ships it);
     any other suffix is written as safetensors. Returns the path written.
     """
-    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; valid formats: {list(FORMATS)}")
+    with _atomic(Path(path)) as tmp:
+        _write(model, tmp, fmt)
+    return Path(path)
+
+
+def _write(model: DCAE, path: Path, fmt: str) -> None:
     cfg = model.config
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if fmt == "dcae":
@@ -56,16 +68,31 @@ def save_dcae(model: DCAE, path: str | Path, fmt: str = "dcae") -> Path:
         config = {"_class_name": "AutoencoderDC", "_diffusers_version": DIFFUSERS_VERSION, **config_to_diffusers(cfg)}
         (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         save_file(to_format(state, cfg, "diffusers"), path / f"{DIFFUSERS_WEIGHTS}.safetensors")
-    elif fmt == "efficientvit":
-        path.parent.mkdir(parents=True, exist_ok=True)
+    else:  # "efficientvit"
         converted = to_format(state, cfg, "efficientvit")
         if path.suffix in PICKLE_SUFFIXES:
             torch.save({"state_dict": converted}, path)
         else:
             save_file(converted, path)
-    else:
-        raise KeyError(f"unknown checkpoint format {fmt!r}; valid formats: {list(FORMATS)}")
-    return path
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write into; on success it replaces `path` (file or folder) in one
+    rename, so a crash or a full disk never leaves a half-written checkpoint under the real name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = tmp.parent / ".replaced"
+            os.replace(path, old)  # a folder cannot be replaced in place: move it aside, then swap
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
 def load_dcae(

@@ -13,7 +13,12 @@ Pickled files are read with `torch.load(weights_only=True)` only; a pickle that 
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,12 +49,21 @@ WEIGHTS_FILE = "model.safetensors"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 DIFFUSERS_VERSION = "0.32.0"  # the first diffusers with SanaTransformer2DModel; 0.42.1 reads what we write
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# The checkpoint labels users know ("an fp16-trained checkpoint") for `trained_dtype`.
+TRAINED_LABELS = {"fp16-trained": "float16", "bf16-trained": "bfloat16", "fp32-trained": "float32"}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def save_linear_dit(model: LinearDiT, path: str | Path, fmt: Format = "linear_dit") -> Path:
     """Write `model` as `fmt`: "linear_dit" or "diffusers" (a folder at `path`), "sana" (a `.pth` file)."""
-    path = Path(path)
+    if fmt not in ("linear_dit", "diffusers", "sana"):
+        raise ValueError(f"unknown format {fmt!r}; valid formats: linear_dit, diffusers, sana")
+    with _atomic(Path(path)) as tmp:
+        _write(model, tmp, fmt)
+    return Path(path)
+
+
+def _write(model: LinearDiT, path: Path, fmt: Format) -> None:
     cfg = model.config
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if fmt == "linear_dit":
@@ -62,12 +76,27 @@ def save_linear_dit(model: LinearDiT, path: str | Path, fmt: Format = "linear_di
         config = {"_class_name": DIFFUSERS_CLASS, "_diffusers_version": DIFFUSERS_VERSION, **config_to_diffusers(cfg)}
         (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         save_file(to_diffusers_state_dict(state), path / f"{DIFFUSERS_WEIGHTS}.safetensors")
-    elif fmt == "sana":
-        path.parent.mkdir(parents=True, exist_ok=True)
+    else:  # "sana"
         torch.save(to_sana_checkpoint(state, cfg), path)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; valid formats: linear_dit, diffusers, sana")
-    return path
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write into; on success it replaces `path` (file or folder) in one
+    rename, so a crash or a full disk never leaves a half-written checkpoint under the real name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = tmp.parent / ".replaced"
+            os.replace(path, old)  # a folder cannot be replaced in place: move it aside, then swap
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
 def load_linear_dit(
@@ -87,9 +116,10 @@ def load_linear_dit(
             half-precision checkpoint in its own half precision or in float32 (a mismatch warns).
         device: where the weights go.
         config: the graph, overriding what the files say (needed for `.pth` files of unknown width).
-        trained_dtype: "float16" / "bfloat16" / "float32", overriding the recorded or inferred training
-            precision (inferred from the stored weights' dtype for diffusers and `.pth` files). "float16" turns
-            on the self-attention clamp that fp16-trained Sana-1.0 weights need in every compute dtype.
+        trained_dtype: "float16" / "bfloat16" / "float32" (or the labels "fp16-trained" / "bf16-trained" /
+            "fp32-trained"), overriding the recorded or inferred training precision (inferred from the stored
+            weights' dtype for diffusers and `.pth` files). "float16" turns on the self-attention clamp that
+            fp16-trained Sana-1.0 weights need in every compute dtype.
         config_overrides: single config fields to override (e.g. `pag_layers=(8,)`).
 
     Returns:
@@ -97,6 +127,7 @@ def load_linear_dit(
         carry no null caption: `y_embedder.y_embedding` is then zeros (set it from the text encoder's "").
     """
     overrides = dict(config_overrides)
+    trained_dtype = TRAINED_LABELS.get(trained_dtype, trained_dtype) if trained_dtype else trained_dtype
     state, cfg = _read_any(_resolve(Path(path) if Path(path).exists() else str(path)), config, overrides)
     if trained_dtype is not None:
         overrides["trained_dtype"] = trained_dtype
