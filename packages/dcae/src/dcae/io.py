@@ -78,17 +78,17 @@ def _write(model: DCAE, path: Path, fmt: str) -> None:
 
 @contextmanager
 def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to write into; on success it replaces `path` (file or folder) in one
-    rename, so a crash or a full disk never leaves a half-written checkpoint under the real name."""
+    """Yield a temporary sibling of `path` to write into; on success it replaces `path` by renames only, so a crash
+    or a full disk never leaves a half-written file under a real name (the previous checkpoint stays)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)) / path.name
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            old = tmp.parent / ".replaced"
-            os.replace(path, old)  # a folder cannot be replaced in place: move it aside, then swap
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+        if tmp.is_dir() and path.is_dir():
+            # Into an existing folder: each file is swapped in by one rename (weights before config.json) and
+            # files of other kinds that live there are kept.
+            for item in sorted(tmp.iterdir(), key=lambda p: p.name == CONFIG_FILE):
+                os.replace(item, path / item.name)
         else:
             os.replace(tmp, path)
     finally:
