@@ -178,3 +178,15 @@ def test_the_installed_command_runs_in_a_new_process(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "image_size: 512" in result.stdout and "SanaMS_1600M_P1_D20" in result.stdout
+
+
+def test_eval_shapes_writes_a_report_and_a_grid(tiny_diffusers_pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["eval", "shapes", "--model_path", str(tiny_diffusers_pipeline_dir), "-n", "12", "--size", "32",
+                 "--steps", "2", "--ae_images", "2", "-o", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["scores"]) >= {"single_object", "two_objects", "counting", "colors", "position", "color_attr"}
+    assert 0 <= report["overall"] <= 1 and len(report["records"]) == 12
+    assert report["autoencoder"]["psnr"] > 0 and Image.open(out / "grid.png").size[0] > 32
+    assert "overall" in (out / "report.md").read_text()

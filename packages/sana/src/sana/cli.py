@@ -13,7 +13,9 @@ Dotted config overrides (`--section.key=value`, as in the official scripts) may 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +81,22 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--bs", type=int, default=8, help="images per encoder call")
     enc.set_defaults(run=_encode_latents)
 
+    ev = sub.add_parser("eval", help="evaluate a model; `sana eval shapes`: GenEval-style on the shapes world")
+    ev.add_argument("benchmark", choices=("shapes",))
+    ev.add_argument("--config", help="a Sana YAML (with --model_path to a transformer checkpoint)")
+    ev.add_argument("--model_path", help="a pipeline folder / repo, or a transformer checkpoint with --config")
+    ev.add_argument("-n", "--num_prompts", type=int, default=300, help="held-out prompts (50+ per category)")
+    ev.add_argument("--steps", type=int, default=20, help="solver steps")
+    ev.add_argument("--cfg_scale", type=float, default=4.5, help="classifier-free guidance scale")
+    ev.add_argument("--size", type=int, default=256, help="image side in pixels")
+    ev.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    ev.add_argument("--bs", type=int, default=8, help="images per model call")
+    ev.add_argument("--ae_images", type=int, default=32, help="held-out images for the autoencoder's PSNR/SSIM")
+    ev.add_argument("-o", "--output", default="eval_shapes", help="folder for report.json/report.md/grid.png")
+    ev.add_argument("--dtype", choices=sorted(DTYPES))
+    ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ev.set_defaults(run=_eval)
+
     cfg = sub.add_parser("config", help="print a resolved config (YAML + dotted overrides)")
     cfg.add_argument("config", nargs="?", help="a Sana YAML (default: the built-in defaults)")
     cfg.set_defaults(run=_print_config)
@@ -125,6 +143,40 @@ def _encode_latents(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     cache = encode_latents(load_config(args.config, overrides), args.output, batch_size=args.bs)
     print(f"feature cache: {cache.root} ({len(cache.sample_keys())} samples)")
     return 0
+
+
+def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from sana.eval import eval_prompts, evaluate, heldout_images, reconstruction_scores, sample_grid
+    from sana.images import save_png
+
+    pipe = load_pipeline(load_config(args.config, overrides), args.model_path, overrides, device=args.device,
+                         dtype=DTYPES.get(args.dtype))  # fmt: skip
+    size, shown = args.size, []
+
+    def generate(texts: list[str], seed: int) -> list[Any]:
+        return pipe(texts, height=size, width=size, num_inference_steps=args.steps, guidance_scale=args.cfg_scale,
+                    pag_guidance_scale=1.0, seed=seed, output_type="pil", progress=False)  # fmt: skip
+
+    report = evaluate(generate, eval_prompts(args.num_prompts, seed=args.seed), batch_size=args.bs,
+                      on_image=lambda prompt, image: shown.append(image) if len(shown) < 64 else None)  # fmt: skip
+    ae = pipe.autoencoder
+    recon = reconstruction_scores(lambda x: ae.decode(ae.encode(x.to(pipe.device))), heldout_images(args.ae_images))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {**report.to_dict(records=True), "autoencoder": recon, "settings": vars(args) | {"run": None}}
+    _write_text(out / "report.json", json.dumps(result, indent=2, default=str) + "\n")
+    _write_text(out / "report.md", report.to_markdown() + f"\n\nAutoencoder PSNR {recon['psnr']:.2f} dB, "
+                f"SSIM {recon['ssim']:.4f} on {args.ae_images} held-out images\n")  # fmt: skip
+    save_png(sample_grid(shown, columns=8), out / "grid.png")
+    print(report.to_markdown())
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _convert(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
