@@ -201,3 +201,14 @@ def test_resize_and_crop_matches_the_official_rule():
     torch.testing.assert_close(y, x[:, :, :, 1:5])
     z = resize_and_crop(x, 8, 8)  # scale 2 -> 8 x 12, crop columns 2..10
     assert z.shape == (1, 1, 8, 8)
+
+
+def test_bf16_mode_keeps_the_autoencoder_fp32_on_cpus_without_avx512(monkeypatch):
+    from sana._compose import autoencoder_dtype
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert autoencoder_dtype(torch.bfloat16, "cpu") == torch.float32
+    assert autoencoder_dtype(torch.float32, "cpu") == torch.float32
+    assert autoencoder_dtype(torch.bfloat16, "cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert autoencoder_dtype(torch.bfloat16, "cpu") == torch.bfloat16

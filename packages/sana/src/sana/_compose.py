@@ -40,6 +40,18 @@ def text_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
     return torch.bfloat16
 
 
+def autoencoder_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The autoencoder's dtype in a pipeline running in `dtype`: float32 for bf16 on CPUs without AVX-512, where
+    bf16 convolutions fall back to reference kernels (a 512² DC-AE decode takes hours instead of minutes)."""
+    cpu_without_bf16 = torch.device(device).type == "cpu" and not torch.backends.cpu.get_cpu_capability().startswith(
+        "AVX512"
+    )
+    if dtype == torch.bfloat16 and cpu_without_bf16:
+        log.info("bf16 mode on a CPU without AVX-512: the autoencoder runs in float32")
+        return torch.float32
+    return dtype
+
+
 def resolve_field(location: str, field: str) -> Path:
     """Resolve a model location named by config field `field`; errors say which field to point elsewhere."""
     from sana.hub import ModelNotFoundError, resolve

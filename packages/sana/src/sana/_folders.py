@@ -79,7 +79,7 @@ def pipeline_from_folder(
     stored = load_linear_dit(folder / "transformer", dtype=None, device="cpu")
     run_dtype = dtype or (torch.float32 if device.type == "cpu" else _stored_dtype(stored))
     denoiser = stored.to(device=device, dtype=run_dtype)
-    autoencoder = load_dcae(folder / "vae", dtype=run_dtype, device=device)
+    autoencoder = load_dcae(folder / "vae", dtype=_compose.autoencoder_dtype(run_dtype, device), device=device)
     raw = _compose.read_json(folder / "transformer" / "config.json")
     sample_size = raw.get("sample_size") or raw.get("config", {}).get("sample_size") or 32
     # diffusers picks its bin table by sample_size in f32 latents (16/32/64/128 -> 512/1024/2048/4096) whatever

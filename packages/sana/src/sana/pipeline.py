@@ -112,7 +112,8 @@ class SanaPipeline:
     # --- construction -------------------------------------------------------------------------------------------
 
     def _load_autoencoder(self) -> Autoencoder:
-        autoencoder, path = _compose.load_autoencoder(self.config, dtype=self.dtype, device=self.device)
+        dtype = _compose.autoencoder_dtype(self.dtype, self.device)
+        autoencoder, path = _compose.load_autoencoder(self.config, dtype=dtype, device=self.device)
         self.sources["vae"] = str(path)
         return autoencoder
 
