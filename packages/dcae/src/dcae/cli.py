@@ -3,6 +3,7 @@
 dcae encode a.png b.jpg -o latents.safetensors --model DIR
 dcae decode latents.safetensors -o out/ --model DIR
 dcae roundtrip a.png --model DIR --report --side-by-side out/
+dcae train images/ -o runs/ae --config shapes-f32 --steps 2000 --batch-size 8 --crop 128 [--resume]
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,9 +19,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dcae.config import DCAEConfig
 from dcae.images import crop_to_multiple, load_image, pad_to_multiple, psnr, save_image, ssim
 from dcae.io import load_dcae
 from dcae.model import DCAE
+from dcae.presets import PRESETS
 from dcae.tiling import decode_tiled, encode_tiled
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -173,6 +176,87 @@ def cmd_roundtrip(args: argparse.Namespace) -> None:
         print(f"{'mean':<{width}}  {mean_psnr:8.2f}  {mean_ssim:6.4f}")
 
 
+def _train_config(spec: str | None, init: str | None) -> DCAEConfig | None:
+    """`--config`: a name in `dcae.train.CONFIGS` or `PRESETS`, or a JSON file (DCAEConfig fields or config.json)."""
+    from dcae.train import CONFIGS
+
+    if spec is None:
+        return None if init else CONFIGS["shapes-f32"]
+    if init:
+        raise CLIError("pass --config or --init, not both (--init brings its own config)")
+    named = {**CONFIGS, **PRESETS}
+    if spec in named:
+        return named[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise CLIError(f"--config {spec!r} is neither a config name ({sorted(named)}) nor a JSON file")
+    try:
+        data = json.loads(path.read_text())
+        return DCAEConfig.from_dict(data.get("config", data))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CLIError(f"--config {path}: not a DCAEConfig JSON: {exc}") from exc
+
+
+def _train_progress(enabled: bool) -> tuple[Callable[[int, int, dict[str, float]], None] | None, Callable[[], None]]:
+    """A tqdm-backed `progress(step, steps, losses)` callback (None when disabled) and a function that closes it."""
+    if not enabled:
+        return None, lambda: None
+    try:
+        from tqdm import tqdm
+    except ImportError as exc:
+        raise CLIError("the progress bar needs tqdm: pip install 'dcae[train]', or pass --no-progress") from exc
+    bars: list = []
+
+    def update(step: int, steps: int, losses: dict[str, float]) -> None:
+        if not bars:
+            bars.append(tqdm(total=steps, initial=step - 1, desc="train", unit="step", dynamic_ncols=True))
+        bars[0].set_postfix(loss=f"{losses['loss']:.4f}", l1=f"{losses['l1']:.4f}", refresh=False)
+        bars[0].update(1)
+
+    return update, lambda: bars and bars[0].close()
+
+
+def _load_model_for_training(source: str) -> DCAE:
+    try:
+        return load_dcae(source, dtype=torch.float32)
+    except (FileNotFoundError, KeyError, ValueError, ImportError) as exc:
+        raise CLIError(f"--init: cannot load the autoencoder from {source}: {exc}") from exc
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from dcae.train import LossWeights, train_autoencoder
+
+    config = _train_config(args.config, args.init)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    progress, close = _train_progress(args.progress)
+    try:
+        # main() runs commands under inference_mode; the weights must be made and trained with autograd on
+        with torch.inference_mode(False), torch.enable_grad():
+            torch.manual_seed(args.seed)  # the initial weights follow --seed
+            model = DCAE(config) if config is not None else _load_model_for_training(args.init)
+            weights = LossWeights() if args.adv_weight is None else LossWeights(adversarial=args.adv_weight)
+            report = train_autoencoder(
+                model, args.images, args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                crop=args.crop, losses=weights, adversarial_from_step=args.adversarial_from,
+                warmup_steps=args.warmup, dtype=args.dtype, seed=args.seed, holdout=args.holdout,
+                resume=args.resume, max_steps=args.max_steps, save_every=args.save_every,
+                log_every=args.log_every, progress=progress,
+            )  # fmt: skip
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from exc
+    finally:
+        close()
+    if not report.completed:
+        print(f"stopped at step {report.step}/{report.steps}; continue with --resume ({report.out_dir})")
+        return
+    print(f"trained {report.steps} steps in {report.seconds:.0f} s; {report.eval_split} PSNR "
+          f"{report.eval_psnr:.2f} dB, SSIM {report.eval_ssim:.4f} on {report.eval_images} images; "
+          f"model in {report.model_dir}")  # fmt: skip
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="our folder, a diffusers AutoencoderDC folder, an efficientvit "
                    "checkpoint file, or a hub id (needs dcae[hub])")  # fmt: skip
@@ -213,7 +297,33 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rt)
     _fit(rt)
     rt.set_defaults(func=cmd_roundtrip)
+    _train_parser(sub)
     return parser
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    tr = sub.add_parser("train", help="train an autoencoder on a folder of images (resumable; see docs/dcae.md)")
+    tr.add_argument("images", type=Path, help="folder of image files (.png, .jpg, ...)")
+    tr.add_argument("-o", "--output", type=Path, required=True, help="run folder: checkpoints/, model/, logs")
+    tr.add_argument("--config", help="'shapes-f32' (default), a preset name, or a DCAEConfig / config.json file")
+    tr.add_argument("--init", help="start from this checkpoint (any format --model takes) instead of random weights")
+    tr.add_argument("--steps", type=int, required=True, help="total optimizer steps of the run")
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to lr/10)")
+    tr.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    tr.add_argument("--crop", type=int, default=None, help="random square crops of this size (a multiple of f)")
+    tr.add_argument("--adversarial-from", type=int, default=None, help="step that starts the decoder-only GAN phase")
+    tr.add_argument("--adv-weight", type=float, default=None, help="weight of the hinge GAN term (default 0.05)")
+    tr.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (slow without AVX-512)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--holdout", type=int, default=None, help="images held out for the final PSNR/SSIM")
+    tr.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --output")
+    tr.add_argument("--max-steps", type=int, default=None, help="stop this call after this step (resume later)")
+    tr.add_argument("--save-every", type=int, default=500)
+    tr.add_argument("--log-every", type=int, default=10)
+    tr.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    tr.set_defaults(func=cmd_train, progress=sys.stderr.isatty())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
