@@ -72,8 +72,11 @@ class SanaPipeline:
     Args:
         config: a YAML path (official Sana configs load unchanged), a `SanaConfig`, or None for the defaults.
         overrides: dotted overrides applied to the YAML (`["--model.image_size=512"]` or a dict).
-        denoiser, autoencoder, text_encoder, sampler: parts to use instead of building them from the config (any
-            objects that satisfy `sana.protocols`). The denoiser may also come later from `from_pretrained`.
+        denoiser: the transformer to use (any object that satisfies `sana.protocols.Denoiser`); it may also come
+            later from `from_pretrained`.
+        autoencoder: used instead of the config's `vae` (a `sana.protocols.Autoencoder`).
+        text_encoder: used instead of the config's `text_encoder` (a `sana.protocols.TextEncoder`).
+        sampler: used instead of the config's `scheduler.vis_sampler` (a `sana.protocols.Sampler`).
         device: where the models run.
         dtype: compute dtype of the denoiser and autoencoder. None: the config's `mixed_precision` on accelerators,
             float32 on the CPU (fp16 is unusable there). `torch.bfloat16` on the CPU is the bf16 mode.
@@ -198,9 +201,10 @@ class SanaPipeline:
         Args:
             prompt: one prompt or a list. `--ar H:W` / `--aspect_ratio H:W` in a prompt pick the closest bucket of
                 that ratio, `--hw H:W` an exact size; the flags are cut from the prompt.
-            height, width: the size asked for. With binning (default) generation runs at the closest bucket of the
-                `_TEST` table and the image is resized and center-cropped back; without, they must be multiples
-                of the autoencoder's compression.
+            height: the height asked for, in pixels. With binning (default) generation runs at the closest bucket
+                of the `_TEST` table and the image is resized and center-cropped back; without, height and width
+                must be multiples of the autoencoder's compression.
+            width: the width asked for, in pixels (as `height`).
             negative_prompt: encoded without the instruction at full length; "" is the null embedding.
             num_inference_steps: solver steps (None: 20 for Flow-DPM-Solver, 28 for Flow-Euler).
             guidance_scale: CFG scale (1 runs the conditional branch only).
