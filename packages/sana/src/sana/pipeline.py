@@ -43,7 +43,7 @@ from sana.sampling import (
     make_sampler,
     per_image_seeds,
 )
-from sana_data import get_table
+from sana_data import TABLES, get_table
 from sana_text import parse_prompt
 
 log = logging.getLogger("sana")
@@ -314,7 +314,7 @@ class SanaPipeline:
         """The inference bucket table: `ASPECT_RATIO_{image_size}_TEST` (4K: the 4096 training table)."""
         size = self.config.model.image_size
         name = f"{size}_TEST"
-        return get_table(name if name in _TEST_TABLES else str(size))
+        return get_table(name if name in TABLES else str(size))
 
     def _pag_layers(self) -> tuple[int, ...]:
         return tuple(self.config.model.pag_applied_layers)
@@ -366,9 +366,6 @@ class SanaPipeline:
             self.text_encoder.free()
         self.text_encoder = None  # type: ignore[assignment]
         log.info("text encoder freed")
-
-
-_TEST_TABLES = {"256_TEST", "512_TEST", "1024_TEST", "2048_TEST"}
 
 
 def _positive_int(name: str, value: Any) -> int:
