@@ -27,12 +27,10 @@ def encoder_names(cfg: SanaConfig, vae_path: Path, text_path: Path) -> tuple[str
 
 def encode_latents(cfg: SanaConfig, out_dir: str | Path, *, batch_size: int = 8, device: str = "cpu") -> Any:
     """Encode every sample of `data.data_dir` into a feature cache at `out_dir` (bucket table of the config)."""
-    from sana.train.data import check_data
-    from sana_data import CacheSpec, build_feature_cache, open_source
+    from sana.train.data import open_training_source
+    from sana_data import CacheSpec, build_feature_cache
 
-    d = cfg.data
-    source = open_source(check_data(cfg), caption_suffixes=d.external_caption_suffixes,
-                         clipscore_suffixes=d.external_clipscore_suffixes)  # fmt: skip
+    source = open_training_source(cfg)
     autoencoder, vae_path = _compose.load_autoencoder(cfg, dtype=torch.float32, device=device)
     text_encoder, text_path = _compose.load_config_text_encoder(cfg, dtype=torch.float32, device=device)
     ae_name, te_name = encoder_names(cfg, vae_path, text_path)

@@ -77,18 +77,32 @@ class RankSlice(torch.utils.data.Sampler[list[int]]):
         return self.plan.epoch
 
 
-def build_data(cfg: SanaConfig, *, rank: int, world: int) -> tuple[BucketDataset, RankSlice]:
-    """The dataset (captions drawn by the config's rule) and this rank's same-bucket batch sampler."""
+def open_training_source(cfg: SanaConfig) -> Any:
+    """The image + caption source of `data.data_dir` (folders or shards) with the config's caption sidecars."""
     d = cfg.data
-    source = open_source(
+    return open_source(
         check_data(cfg), caption_suffixes=d.external_caption_suffixes, clipscore_suffixes=d.external_clipscore_suffixes
     )
+
+
+def caption_rule(cfg: SanaConfig) -> Any:
+    """The official clip-score rule when clip-score sidecars are configured, else `data.caption_proportion`."""
+    d = cfg.data
     if d.external_clipscore_suffixes:
-        rule: Any = PowerRule(tau=d.clip_thr_temperature, threshold=d.clip_thr)
-    else:
-        rule = ProportionRule(dict(d.caption_proportion))
-    keep = metadata_filter(hq_only=True) if d.hq_only else None
-    dataset = BucketDataset(source, table=bucket_table(cfg), caption_rule=rule, seed=cfg.train.seed, keep=keep)
+        return PowerRule(tau=d.clip_thr_temperature, threshold=d.clip_thr)
+    return ProportionRule(dict(d.caption_proportion))
+
+
+def build_data(cfg: SanaConfig, *, rank: int, world: int) -> tuple[BucketDataset, RankSlice]:
+    """The dataset (captions drawn by the config's rule) and this rank's same-bucket batch sampler."""
+    keep = metadata_filter(hq_only=True) if cfg.data.hq_only else None
+    dataset = BucketDataset(
+        open_training_source(cfg),
+        table=bucket_table(cfg),
+        caption_rule=caption_rule(cfg),
+        seed=cfg.train.seed,
+        keep=keep,
+    )
     bs = cfg.train.train_batch_size
     plan = AspectRatioBatchSampler(dataset.bucket_keys(), bs * world, seed=cfg.train.seed, num_replicas=1, rank=0)
     sampler = RankSlice(plan, rank, bs)
@@ -108,9 +122,7 @@ def build_cached_data(cfg: SanaConfig, *, rank: int, world: int) -> tuple[Any, R
     if not d.feature_cache:
         raise ValueError("data.load_vae_feat/load_text_feat need data.feature_cache (written by `sana encode-latents`)")
     cache = FeatureCache(Path(d.feature_cache).expanduser())
-    rule: Any = PowerRule(tau=d.clip_thr_temperature, threshold=d.clip_thr) if d.external_clipscore_suffixes else (
-        ProportionRule(dict(d.caption_proportion)))  # fmt: skip
-    dataset = CachedFeatureDataset(cache, caption_rule=rule, seed=cfg.train.seed)
+    dataset = CachedFeatureDataset(cache, caption_rule=caption_rule(cfg), seed=cfg.train.seed)
     bs = cfg.train.train_batch_size
     plan = AspectRatioBatchSampler(dataset.bucket_keys(), bs * world, seed=cfg.train.seed, num_replicas=1, rank=0)
     if len(plan) == 0:
