@@ -101,3 +101,26 @@ def benchmarks(session: nox.Session) -> None:
     session.install("matplotlib>=3.8")
     for script in session.posargs or sorted(str(p) for p in (ROOT / "benchmarks").glob("*.py")):
         session.run("python", script)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's main job: install the toolkit and generate with the embedded default model (offline).
+
+    `nox -s demo -- "a prompt" ...` generates other prompts; images land in outputs/demo/."""
+    session.install(TORCH)
+    session.install(*(f"./packages/{p}" for p in PACKAGES))
+    prompts = session.posargs or ["a red circle to the left of a blue square"]
+    session.run("sana", "generate", *prompts, "-o", "outputs/demo", env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def train_embedded(session: nox.Session) -> None:
+    """Train the embedded default model from scratch (about an hour on 2 CPU cores; resumable).
+
+    Writes runs/embedded/model; copy it to packages/sana/src/sana/default_model to ship it. Pass `-- --quick` for a
+    few-step check of every stage."""
+    session.install(TORCH)
+    session.install(*(f"./packages/{p}" for p in PACKAGES if p != "sana"), "./packages/sana[train]")
+    session.run("sana", "train-embedded", "--work-dir", "runs/embedded", *session.posargs,
+                env={"HF_HUB_OFFLINE": "1"})  # fmt: skip

@@ -244,3 +244,20 @@ def test_bad_folders_and_resume_mismatch(tmp_path: Path) -> None:
         train_autoencoder(_model(), folder, tmp_path / "run", steps=2, crop=16, lr=0.5, resume=True)
     with pytest.raises(ValueError, match="float32"):
         train_autoencoder(_model().to(torch.bfloat16), folder, tmp_path / "run2", steps=1, crop=16)
+
+
+def test_the_latent_penalty_keeps_latents_small(tmp_path: Path) -> None:
+    """`LossWeights.latent` adds mean(z²) of the raw latents; it is logged, and a heavy weight shrinks the latents."""
+    images = _images(8)
+    rms = {}
+    for weight in (0.0, 10.0):
+        model = _model()
+        train_autoencoder(model, images, tmp_path / f"w{weight}", steps=30, batch_size=4, lr=5e-3, log_every=1,
+                          losses=LossWeights(latent=weight), holdout=2)  # fmt: skip
+        rows = _log(tmp_path / f"w{weight}")
+        assert all(math.isfinite(float(r["latent"])) and float(r["latent"]) >= 0 for r in rows)
+        with torch.no_grad():
+            rms[weight] = model.encode(torch.stack(images)).pow(2).mean().sqrt().item()
+    assert rms[10.0] < 0.5 * rms[0.0], rms
+    with pytest.raises(ValueError, match=r"losses\.latent must be a finite number >= 0"):
+        LossWeights(latent=-1.0)

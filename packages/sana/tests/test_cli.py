@@ -128,7 +128,7 @@ def test_generate_from_official_config_and_pth(tiny_local_model, tmp_path, capsy
         (["--json_file", "{no_prompt}", "--model_path", "{pipe}"], "entry 'a' has no non-empty string \"prompt\""),
         (["--txt_file", "{missing}", "--model_path", "{pipe}"], "prompt file not found"),
         ([], "no prompt"),
-        (["x"], "no model: pass --model_path"),
+        (["x", "--config", SEED_CONFIG], "no model: pass --model_path"),  # without --config: the embedded model
         (["x", "--model_path", "{missing}"], "no such file or folder"),
     ],
 )

@@ -61,8 +61,20 @@ def _error(path: str | None, overrides=()) -> str:
 # --- the shipped YAMLs ----------------------------------------------------------------------------------------------
 
 
+OUR_FILES = {"configs/embedded/Sana_Shapes_img256.yaml"}  # the embedded default model's recipe (sana.embedded)
+
+
 def test_packaged_configs_are_the_official_layout() -> None:
-    assert set(packaged_configs()) == EXPECTED_FILES
+    assert set(packaged_configs()) == EXPECTED_FILES | OUR_FILES
+
+
+def test_the_embedded_model_config_builds_its_preset() -> None:
+    cfg = load_config("configs/embedded/Sana_Shapes_img256.yaml", {"text_encoder.caption_channels": 128})
+    graph = dit_config(cfg)
+    assert (graph.hidden_size, graph.depth, graph.in_channels, graph.pos_embed, graph.pe_base_size) == (
+        192, 8, 32, "sincos", 8,
+    )  # fmt: skip
+    assert cfg.text_encoder.chi_prompt == [] and cfg.train.use_ema and cfg.data.load_vae_feat
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_FILES))

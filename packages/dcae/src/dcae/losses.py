@@ -39,6 +39,7 @@ class LossWeights:
     ssim: float = 0.2
     edge: float = 0.5
     adversarial: float = 0.05
+    latent: float = 0.0  # mean(z²) of the raw latents: keeps them O(1) (unpenalised, the shortcuts let them grow)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -50,7 +50,15 @@ from dcae.losses import (
 )
 from dcae.model import DCAE
 
-__all__ = ("CONFIGS", "SHAPES_F32", "LossWeights", "TrainReport", "latest_checkpoint", "train_autoencoder")
+__all__ = (
+    "CONFIGS",
+    "EMBEDDED_F32",
+    "SHAPES_F32",
+    "LossWeights",
+    "TrainReport",
+    "latest_checkpoint",
+    "train_autoencoder",
+)
 
 # The shapes-world autoencoder: Sana's f32 graph (conv down, interpolate up, RMSNorm, ResBlocks in the three
 # shallow stages and multi-scale linear-attention EViT blocks in the three deep ones), one block per stage and
@@ -73,7 +81,16 @@ SHAPES_F32 = DCAEConfig(
     name="dc-ae-f32c32-shapes",
 )
 
-CONFIGS: dict[str, DCAEConfig] = {"shapes-f32": SHAPES_F32}  # graphs made for training here, by CLI name
+# The embedded default model's autoencoder (sana.embedded): SHAPES_F32 without the full-resolution ResBlock stage
+# (encoder and decoder depth 0 there, as DC-AE's in-1.0 family), which is where most of SHAPES_F32's time goes.
+# 1.00 M parameters; on 400 shapes images with 128² crops it reached 16.0 dB held-out PSNR in the same 370 s of
+# 1-thread training in which SHAPES_F32 reached 15.4 dB (350 vs 250 steps), and it encodes 2.6× faster.
+EMBEDDED_F32 = dataclasses.replace(
+    SHAPES_F32, encoder_depths=(0, 1, 1, 1, 1, 1), decoder_depths=(0, 1, 1, 1, 1, 1), name="dc-ae-f32c32-shapes-lite"
+)
+
+# Graphs made for training here, by CLI name
+CONFIGS: dict[str, DCAEConfig] = {"shapes-f32": SHAPES_F32, "shapes-f32-lite": EMBEDDED_F32}
 
 AutocastDType = Literal["fp32", "bf16"]
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}  # fp32: no autocast; bf16: CPU autocast, fp32 master weights
@@ -83,7 +100,7 @@ FINAL_LR_FRACTION = 0.1  # the cosine schedule ends at lr * 0.1
 SCALE_FIT_IMAGES = 64  # images encoded to fit scaling_factor = 1 / RMS(latents)
 MAX_HOLDOUT = 16
 # train_log.csv columns after `step` (then lr, seconds); `ssim` logs the loss 1 - SSIM, adv_* are nan before phase 2
-LOG_TERMS = ("loss", "l1", "l2", "ssim", "edge", "adv_g", "adv_d")
+LOG_TERMS = ("loss", "l1", "l2", "ssim", "edge", "adv_g", "adv_d", "latent")  # latent: mean(z²)
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
@@ -321,17 +338,19 @@ def _train_step(run: _Run) -> dict[str, float]:
         if adversarial:  # phase 2: the encoder is frozen, so only the decoder sees the adversarial gradient
             with torch.no_grad():
                 latents = model.encoder(batch)
-            recon = model.decoder(latents)
         else:
-            recon = model.decoder(model.encoder(batch))
+            latents = model.encoder(batch)
+        recon = model.decoder(latents)
         fake_logits = None
         if adversarial:
             run.disc.requires_grad_(False)  # the generator loss must not leave gradients on the discriminator
             fake_logits = run.disc(recon)
             run.disc.requires_grad_(True)
     # outside autocast: the SSIM / Sobel convolutions of the loss stay fp32 (small differences matter)
-    terms = reconstruction_losses(recon, batch, LossWeights(**settings["losses"]))
-    loss = terms["loss"]
+    weights = LossWeights(**settings["losses"])
+    terms = reconstruction_losses(recon, batch, weights)
+    terms["latent"] = latents.float().pow(2).mean()
+    loss = terms["loss"] + weights.latent * terms["latent"] if weights.latent else terms["loss"]
     if fake_logits is not None:
         terms["adv_g"] = hinge_generator_loss(fake_logits)
         loss = loss + settings["losses"]["adversarial"] * terms["adv_g"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,13 @@ def load_text_encoder_parts(model_dir: Path, tokenizer_dir: Path, *, chi: Any, m
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModel.from_pretrained(model_dir, dtype=dtype).to(device)
     return TextEncoder(model, tokenizer, chi=chi, max_length=max_length, model_id=str(model_dir))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a hidden sibling and rename it into place: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -37,6 +37,14 @@ def _settings(folder: Path, image_size: int, dtype: torch.dtype) -> dict[str, An
     return overrides
 
 
+def _manifest(folder: Path) -> dict[str, Any]:
+    """Our `sana_pipeline.json` (see `sana.convert`), or {} for diffusers folders."""
+    from sana.hub import PIPELINE_MANIFEST
+
+    path = folder / PIPELINE_MANIFEST
+    return _compose.read_json(path) if path.is_file() else {}
+
+
 def default_pag_layers(depth: int) -> tuple[int, ...]:
     """Official PAG layers: block 8 for the 20-block 1.6B model, 14 otherwise (spec §4.5); the middle block of a
     model too shallow for either (diffusers folders do not record PAG layers)."""
@@ -61,7 +69,8 @@ def pipeline_from_folder(
 
     Args:
         dtype: compute dtype; None keeps the stored one on accelerators and uses float32 on the CPU.
-        chi: the instruction for the text encoder: "default" (Sana's), None (off) or lines/string.
+        chi: the instruction for the text encoder: "default" (the one the folder's `settings` record, else
+            Sana's), None (off) or lines/string.
         overrides: further config overrides (dotted), e.g. `{"model.pag_applied_layers": [8]}`.
     """
     from dcae import load_dcae
@@ -81,13 +90,17 @@ def pipeline_from_folder(
     denoiser = stored.to(device=device, dtype=run_dtype)
     autoencoder = load_dcae(folder / "vae", dtype=_compose.autoencoder_dtype(run_dtype, device), device=device)
     raw = _compose.read_json(folder / "transformer" / "config.json")
+    # Our pipeline folders may record the settings they were trained with (image size, CHI, PAG layers, sampler)
+    stored_settings = dict(_manifest(folder).get("settings") or {})
     sample_size = raw.get("sample_size") or raw.get("config", {}).get("sample_size") or 32
     # diffusers picks its bin table by sample_size in f32 latents (16/32/64/128 -> 512/1024/2048/4096) whatever
     # the VAE, so the pixel size is sample_size * 32 here too; anything else falls back to the 1024 tables.
-    image_size = int(sample_size) * SAMPLE_SIZE_PIXELS
+    image_size = int(stored_settings.get("model.image_size") or int(sample_size) * SAMPLE_SIZE_PIXELS)
     if image_size not in IMAGE_SIZES:
         log.info("sample_size %s matches no bucket table; binning with the 1024 tables", sample_size)
         image_size = 1024
+    if chi == "default" and "text_encoder.chi_prompt" in stored_settings:
+        chi = list(stored_settings["text_encoder.chi_prompt"]) or None
     instruction = COMPLEX_HUMAN_INSTRUCTION if chi == "default" else chi
     text_encoder = _compose.load_text_encoder_parts(
         folder / "text_encoder",
@@ -97,7 +110,7 @@ def pipeline_from_folder(
         dtype=_compose.text_dtype(run_dtype, device),
         device=device,
     )
-    settings = {**_settings(folder, image_size, _stored_dtype(stored)), **dict(overrides)}
+    settings = {**_settings(folder, image_size, _stored_dtype(stored)), **stored_settings, **dict(overrides)}
     settings.setdefault("model.pag_applied_layers", list(default_pag_layers(denoiser.config.depth)))
     log.info("loaded pipeline folder %s (image_size %d, %s)", folder, image_size, run_dtype)
     pipe = cls(

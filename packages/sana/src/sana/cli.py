@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from sana import __version__
+from sana._compose import write_text_atomic
 from sana.config import ConfigError, dump_config, load_config, parse_overrides
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--bs", type=int, default=8, help="images per encoder call")
     enc.set_defaults(run=_encode_latents)
 
+    emb = sub.add_parser("train-embedded", help="train the embedded default model from scratch (resumable)")
+    emb.add_argument("--work-dir", default="runs/embedded", help="run folder (default: runs/embedded)")
+    emb.add_argument("--out", help="model folder to write (default: WORK_DIR/model)")
+    emb.add_argument("--quick", action="store_true", help="a few steps per stage: checks the recipe runs")
+    emb.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    emb.set_defaults(run=_train_embedded)
     ev = sub.add_parser("eval", help="evaluate a model; `sana eval shapes`: GenEval-style on the shapes world")
     ev.add_argument("benchmark", choices=("shapes",))
     ev.add_argument("--config", help="a Sana YAML (with --model_path to a transformer checkpoint)")
@@ -100,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print a resolved config (YAML + dotted overrides)")
     cfg.add_argument("config", nargs="?", help="a Sana YAML (default: the built-in defaults)")
     cfg.set_defaults(run=_print_config)
+    from sana.app import add_parser as add_app_parser  # imports no Gradio: only running `sana app` needs the extra
+
+    add_app_parser(sub)
     return parser
 
 
@@ -149,7 +158,7 @@ def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from sana.eval import eval_prompts, evaluate, heldout_images, reconstruction_scores, sample_grid
     from sana.images import save_png
 
-    pipe = load_pipeline(load_config(args.config, overrides), args.model_path, overrides, device=args.device,
+    pipe = load_pipeline(load_config(args.config, overrides), _model_path(args), overrides, device=args.device,
                          dtype=DTYPES.get(args.dtype))  # fmt: skip
     size, shown = args.size, []
 
@@ -164,19 +173,13 @@ def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     result = {**report.to_dict(records=True), "autoencoder": recon, "settings": vars(args) | {"run": None}}
-    _write_text(out / "report.json", json.dumps(result, indent=2, default=str) + "\n")
-    _write_text(out / "report.md", report.to_markdown() + f"\n\nAutoencoder PSNR {recon['psnr']:.2f} dB, "
+    write_text_atomic(out / "report.json", json.dumps(result, indent=2, default=str) + "\n")
+    write_text_atomic(out / "report.md", report.to_markdown() + f"\n\nAutoencoder PSNR {recon['psnr']:.2f} dB, "
                 f"SSIM {recon['ssim']:.4f} on {args.ae_images} held-out images\n")  # fmt: skip
     save_png(sample_grid(shown, columns=8), out / "grid.png")
     print(report.to_markdown())
     print(f"report: {out / 'report.json'}")
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _convert(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -205,7 +208,7 @@ def _generate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     else:
         raise ValueError("no prompt: pass one as an argument, or --txt_file / --json_file")
     items = items[: args.sample_nums] if args.sample_nums else items
-    pipe = load_pipeline(config, args.model_path, overrides, device=args.device, dtype=DTYPES.get(args.dtype))
+    pipe = load_pipeline(config, _model_path(args), overrides, device=args.device, dtype=DTYPES.get(args.dtype))
     size = pipe.config.model.image_size
     settings = {
         "height": args.height or size, "width": args.width or size,
@@ -222,13 +225,42 @@ def _generate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
+def _model_path(args: argparse.Namespace) -> str | None:
+    """`--model_path`, else the embedded default model when no `--config` names the parts either."""
+    if args.model_path or args.config:
+        return args.model_path
+    from sana.embedded import default_model_path
+
+    return str(default_model_path())
+
+
+def _train_embedded(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    if overrides:
+        raise ValueError(f"train-embedded takes no config overrides, got {sorted(overrides)}")
+    try:
+        from sana.embedded import QUICK, RecipeSettings, train_embedded
+    except ImportError as err:
+        raise RuntimeError(f"training needs the train extra: pip install './packages/sana[train]' ({err})") from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = QUICK if args.quick else RecipeSettings()
+    record = train_embedded(args.work_dir, settings, export_to=args.out)
+    model = Path(args.out) if args.out else Path(args.work_dir) / "model"
+    train = sum(v for k, v in record["seconds"].items() if k != "eval")
+    print(f"model: {model} (training stages {train / 60:.1f} min; record: {Path(args.work_dir) / 'recipe.json'})")
+    return 0
+
+
 def load_pipeline(config: Any, model_path: str | None, overrides: dict[str, Any], *, device: str, dtype: Any) -> Any:
     """A whole pipeline folder/repo, or the config's parts plus a transformer checkpoint."""
     from sana.hub import checkpoint_format, resolve
     from sana.pipeline import SanaPipeline
 
     if model_path is None:
-        raise ValueError("no model: pass --model_path (a transformer checkpoint with --config, or a pipeline folder)")
+        raise ValueError(
+            "no model: pass --model_path (a transformer checkpoint with --config, or a pipeline folder; without "
+            "--config the embedded default model is used)"
+        )
     location = resolve(model_path)
     if location.is_dir() and checkpoint_format(location) in ("diffusers_pipeline", "sana_pipeline"):
         return SanaPipeline.from_pretrained(location, device=device, dtype=dtype, overrides=overrides)

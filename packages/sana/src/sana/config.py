@@ -502,6 +502,7 @@ MODEL_PRESETS: dict[str, str] = {
     "SanaMS_1600M_P2_D20": "sana-1600m",
     "Sana_1600M_P1_D20": "sana-1600m",
     "SanaMS_4800M_P1_D60": "sana-1.5-4800m",
+    "SanaShapes_P1_D8": "sana-shapes",  # ours: the embedded default model (sana.embedded)
 }
 _PATCH_SIZES: dict[str, int] = {"SanaMS_600M_P2_D28": 2, "SanaMS_600M_P4_D28": 4, "SanaMS_1600M_P2_D20": 2}
 

@@ -24,7 +24,9 @@ Whole pipelines: a diffusers pipeline folder converts to "linear_dit", our pipel
                                     "tokenizer": "tokenizer", "scheduler": "scheduler"},
                           "source": <the location converted from>,
                           "flow_shift": <the scheduler's flow_shift, or null>,
-                          "diffusers_model_index": <the source's model_index.json, used when converting back>}
+                          "diffusers_model_index": <the source's model_index.json, used when converting back>,
+                          "settings": <optional: dotted config overrides the folder was trained with (image size,
+                                       CHI, PAG layers, sampler); `SanaPipeline.from_pretrained` applies them>}
     transformer/         linear_dit format (config.json + model.safetensors)
     vae/                 dcae format (config.json + model.safetensors, see `dcae.save_dcae`)
     text_encoder/        copied as is (Hugging Face transformers format)

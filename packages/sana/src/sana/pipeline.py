@@ -311,10 +311,15 @@ class SanaPipeline:
 
     @property
     def bucket_table(self) -> dict[str, tuple[int, int]]:
-        """The inference bucket table: `ASPECT_RATIO_{image_size}_TEST` (4K: the 4096 training table)."""
+        """The inference bucket table: `ASPECT_RATIO_{image_size}_TEST` (4K: the 4096 training table), without the
+        buckets the autoencoder cannot encode (sides not a multiple of its compression: 24 of the 33 256-px buckets
+        at f32)."""
         size = self.config.model.image_size
         name = f"{size}_TEST"
-        return get_table(name if name in TABLES else str(size))
+        table = get_table(name if name in TABLES else str(size))
+        f = self.autoencoder.spatial_compression
+        usable = {key: (h, w) for key, (h, w) in table.items() if h % f == 0 and w % f == 0}
+        return usable or dict(table)
 
     def _pag_layers(self) -> tuple[int, ...]:
         return tuple(self.config.model.pag_applied_layers)

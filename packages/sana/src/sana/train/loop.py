@@ -349,6 +349,13 @@ def _save(run: Run) -> Path:
         from linear_dit import save_linear_dit
 
         save_linear_dit(model, folder)
+        if run.ema is not None:  # also as a loadable model folder `ema/` (the weights to ship or sample from)
+            raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            try:
+                model.load_state_dict(run.ema.shadow)
+                save_linear_dit(model, folder.parent / "ema")
+            finally:
+                model.load_state_dict(raw)
 
     return ckpt.save_checkpoint(run.accelerator, run.work_dir, run.state.step, write_weights,
                                 run.cfg.train.keep_last_checkpoints)  # fmt: skip

@@ -1,0 +1,493 @@
+"""The embedded default model: a tiny Sana trained here on the shapes world, and the recipe that reproduces it.
+
+`sana generate "a red circle to the left of a blue square"` needs no download: with no `--model_path` it loads
+`DEFAULT_MODEL_DIR`, a pipeline folder (`sana.convert` layout) shipped inside this package. It was written by
+`train_embedded` (`sana train-embedded`, `nox -s train_embedded`), which runs the project's own commands end to
+end on a 2-core CPU:
+
+1. `data`: the shapes world (`sana_data.ShapesSource`, training split: no held-out prompt is ever seen),
+   square and two other aspect ratios, written as an image folder;
+2. `autoencoder`: a small f32 DC-AE (`dcae.train`, same block types as Sana's, far fewer channels);
+3. `text_encoder`: a BPE tokenizer trained on the captions and a 4-layer Gemma-2 pretrained on them as a causal LM
+   (`sana_text.pretrain`), then frozen and used through the normal `sana_text` path (no CHI);
+4. `features`: `sana encode-latents` into a feature cache (raw latents per aspect-ratio bucket + text features);
+5. `transformer`: `sana train` of a tiny Linear DiT on the cache (multi-scale buckets, CFG caption dropout, EMA);
+6. `export`: the pipeline folder (weights in safetensors, the training config, `recipe.json`) and its model card;
+7. `eval`: `sana eval shapes` on held-out prompts and the autoencoder's held-out PSNR/SSIM, written into the card.
+
+Every stage is resumable: an interrupted recipe run with the same settings continues where it stopped (finished
+stages are skipped, the training stages resume from their checkpoints), and a run with different settings in the
+same work folder is refused with the list of what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sana import _compose
+
+__all__ = (
+    "DEFAULT_MODEL_DIR",
+    "QUICK",
+    "RECIPE_CONFIG",
+    "STAGES",
+    "RecipeSettings",
+    "default_model_path",
+    "train_embedded",
+)
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+RECIPE_CONFIG = Path(__file__).parent / "configs" / "embedded" / "Sana_Shapes_img256.yaml"
+STAGES = ("data", "autoencoder", "text_encoder", "features", "transformer", "export", "eval")
+RECIPE_FILE = "recipe.json"  # settings + per-stage seconds, in the work folder and in the exported model
+TRANSFORMER_STORAGE = torch.bfloat16  # dtype of the exported transformer weights
+CHI_OFF: list[str] = []  # the tiny text encoder never saw an instruction; prompts are encoded as written
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """Sizes and lengths of one recipe run; the defaults are the shipped model's (about an hour on 2 cores)."""
+
+    images: int = 6000  # shapes-world training images (sizes 256², 192×320, 320×192)
+    seed: int = 0  # data world, weights and batch order of every stage
+    ae_steps: int = 1600  # autoencoder optimizer steps
+    ae_batch_size: int = 8
+    ae_crop: int = 128  # random crops (px) the autoencoder trains on
+    ae_lr: float = 2e-3
+    ae_latent_weight: float = 1e-2  # mean(z²) penalty: without it the latents grew to RMS ~280 and colours were lost
+    lm_steps: int = 600  # text-encoder pretraining steps (batch 64)
+    dit_steps: int = 1200  # Linear DiT optimizer steps
+    dit_batch_size: int = 32
+    dit_lr: float = 1e-3
+    eval_prompts: int = 300  # held-out prompts for the GenEval-style score (0: no eval stage)
+    eval_steps: int = 20  # solver steps of the eval images
+    ae_eval_images: int = 32  # held-out images for the autoencoder's PSNR/SSIM
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float):
+                if not value > 0:
+                    raise ValueError(f"RecipeSettings.{field.name} must be > 0, got {value!r}")
+                continue
+            low = 0 if field.name in ("seed", "eval_prompts") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"RecipeSettings.{field.name} must be an int >= {low}, got {value!r}")
+        if self.ae_crop % 32:
+            raise ValueError(
+                f"RecipeSettings.ae_crop must be a multiple of 32 (the f32 compression), got {self.ae_crop}"
+            )
+
+
+# A run of every stage in a few minutes: what the tests and `sana train-embedded --quick` use.
+QUICK = RecipeSettings(images=48, ae_steps=3, ae_batch_size=2, ae_crop=64, lm_steps=3, dit_steps=3,
+                       dit_batch_size=4, eval_prompts=6, eval_steps=2, ae_eval_images=2)  # fmt: skip
+
+
+def default_model_path() -> Path:
+    """The shipped pipeline folder; a clear error if this install lacks its weights (e.g. a partial checkout)."""
+    from sana.hub import PIPELINE_MANIFEST
+
+    if not (DEFAULT_MODEL_DIR / PIPELINE_MANIFEST).is_file():
+        raise FileNotFoundError(
+            f"the embedded default model is missing from {DEFAULT_MODEL_DIR} (no {PIPELINE_MANIFEST}); reinstall "
+            "sana from the repository (pip install ./packages/sana) or pass --model_path"
+        )
+    return DEFAULT_MODEL_DIR
+
+
+def train_embedded(
+    work_dir: str | Path,
+    settings: RecipeSettings = RecipeSettings(),
+    *,
+    export_to: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the whole recipe in `work_dir`; returns the recipe record (settings, seconds per stage,
+    scores). The model folder is `export_to` (default `work_dir/model`); it is replaced atomically at the end.
+
+    Raises:
+        ValueError: `work_dir` holds a run made with other settings (the message lists them).
+    """
+    say = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    work = Path(work_dir).expanduser().resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    export = Path(export_to).expanduser().resolve() if export_to else work / "model"
+    record = _open_record(work, settings)
+    stages: dict[str, Callable[[Path, RecipeSettings, Callable[[str], None]], dict[str, Any] | None]] = {
+        "data": _stage_data,
+        "autoencoder": _stage_autoencoder,
+        "text_encoder": _stage_text_encoder,
+        "features": _stage_features,
+        "transformer": _stage_transformer,
+    }
+    total = len(STAGES) if settings.eval_prompts else len(STAGES) - 1
+    for index, name in enumerate(STAGES[:total], start=1):
+        if name in record["done"]:
+            say(f"[{index}/{total}] {name}: done earlier ({record['seconds'][name]:.0f} s), skipped")
+            continue
+        say(f"[{index}/{total}] {name} ...")
+        started, before = time.perf_counter(), record["seconds"].get(name, 0.0)
+
+        def beat(text: str, name: str = name, started: float = started, before: float = before) -> None:
+            """Progress lines also persist the stage's time so far: an interrupted call's time is kept."""
+            record["seconds"][name] = round(before + time.perf_counter() - started, 1)
+            _write_json(work / RECIPE_FILE, record)
+            say(text)
+
+        if name == "export":
+            result = _stage_export(work, settings, export, record)
+        elif name == "eval":
+            result = _stage_eval(work, settings, export, beat)
+        else:
+            result = stages[name](work, settings, beat)
+        seconds = time.perf_counter() - started + before
+        record["seconds"][name] = round(seconds, 1)
+        record["results"][name] = result or {}
+        record["done"].append(name)
+        _write_json(work / RECIPE_FILE, record)
+        say(f"[{index}/{total}] {name}: {seconds:.0f} s")
+    if "eval" in record["done"] and "card" not in record["done"]:
+        _write_card(export, record)
+        shutil.copyfile(work / RECIPE_FILE, export / RECIPE_FILE)
+        record["done"].append("card")
+        _write_json(work / RECIPE_FILE, record)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------------- stages
+
+
+def _stage_data(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    from sana_data import ShapesSource, write_folder
+
+    target = work / "data"
+    tmp = work / f".data-{uuid.uuid4().hex[:8]}"
+    try:
+        write_folder(ShapesSource(s.images, seed=s.seed, split="train"), tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"images": s.images, "folder": str(target)}
+
+
+def _stage_autoencoder(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    from dcae import DCAE
+    from dcae.train import EMBEDDED_F32, LossWeights, latest_checkpoint, train_autoencoder
+
+    out = work / "autoencoder"
+    torch.manual_seed(s.seed)
+    with torch.inference_mode(False), torch.enable_grad():
+        report = train_autoencoder(
+            DCAE(EMBEDDED_F32), work / "data", out, steps=s.ae_steps, batch_size=s.ae_batch_size, crop=s.ae_crop,
+            lr=s.ae_lr, warmup_steps=min(50, s.ae_steps // 10), seed=s.seed, holdout=16,
+            losses=LossWeights(latent=s.ae_latent_weight),
+            resume=latest_checkpoint(out) is not None, save_every=250, log_every=25,
+            progress=_every(s.ae_steps, say, "autoencoder"),
+        )  # fmt: skip
+    return {"psnr": report.eval_psnr, "ssim": report.eval_ssim, "scaling_factor": report.scaling_factor,
+            "steps": report.steps, "seconds": report.seconds}  # fmt: skip
+
+
+def _captions(work: Path) -> list[str]:
+    return [p.read_text().strip() for p in sorted((work / "data").glob("*.txt"))]
+
+
+def _stage_text_encoder(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    from sana_text.pretrain import PretrainConfig, pretrain_causal_lm
+
+    config = PretrainConfig(steps=s.lm_steps, seed=s.seed, save_every=max(1, s.lm_steps // 4),
+                            warmup_steps=min(100, s.lm_steps // 10))  # fmt: skip
+    show = _every(s.lm_steps, say, "text_encoder")
+    with torch.inference_mode(False), torch.enable_grad():
+        report = pretrain_causal_lm(_captions(work), work / "text_encoder", config, resume=True,
+                                    progress=lambda step, loss: show(step, s.lm_steps, {"loss": loss}))  # fmt: skip
+    shutil.rmtree(work / "text_encoder" / "checkpoints", ignore_errors=True)
+    return {"heldout_perplexity": report.heldout_perplexity, "parameters": report.num_parameters}
+
+
+def recipe_config(work: Path, s: RecipeSettings, *, resume: bool = False) -> Any:
+    """The `sana train` config of the transformer stage: `RECIPE_CONFIG` pointed at this run's parts."""
+    from sana.config import load_config
+
+    text = work / "text_encoder"
+    width = json.loads((text / "config.json").read_text())["hidden_size"]
+    return load_config(
+        RECIPE_CONFIG,
+        {
+            "data.data_dir": [str(work / "data")],
+            "data.feature_cache": str(work / "features"),
+            "vae.vae_pretrained": str(work / "autoencoder" / "model"),
+            "text_encoder.text_encoder_name": str(text),
+            "text_encoder.caption_channels": width,
+            "text_encoder.chi_prompt": CHI_OFF,
+            "train.max_steps": s.dit_steps,
+            "train.train_batch_size": s.dit_batch_size,
+            "train.optimizer.lr": s.dit_lr,
+            "train.seed": s.seed,
+            "work_dir": str(work / "transformer"),
+            **({"model.resume_from.checkpoint": "latest"} if resume else {}),
+        },
+    )
+
+
+def _stage_features(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    from sana.features import encode_latents
+
+    cache = encode_latents(recipe_config(work, s), work / "features", batch_size=16)
+    return {"samples": len(cache.sample_keys())}
+
+
+def _stage_transformer(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    from sana.train.checkpoint import list_checkpoints
+    from sana.train.loop import train
+
+    resume = bool(list_checkpoints(work / "transformer"))
+    cfg = recipe_config(work, s, resume=resume)
+    with torch.inference_mode(False), torch.enable_grad():
+        run = train(cfg, on_step=_train_progress(s.dit_steps, say))
+    return {"steps": run.state.step}
+
+
+def _stage_export(work: Path, s: RecipeSettings, export: Path, record: dict[str, Any]) -> dict[str, Any]:
+    from sana.train.checkpoint import list_checkpoints
+
+    cfg = recipe_config(work, s)
+    last = list_checkpoints(cfg.work_dir)[-1]
+    return export_pipeline(cfg, last, export, flow_shift=cfg.scheduler.flow_shift)
+
+
+def _stage_eval(work: Path, s: RecipeSettings, export: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    from sana.cli import main as sana_main
+
+    out = work / "eval"
+    argv = ["eval", "shapes", "--model_path", str(export), "-n", str(s.eval_prompts), "--steps", str(s.eval_steps),
+            "--ae_images", str(s.ae_eval_images), "-o", str(out), "--device", "cpu"]  # fmt: skip
+    if sana_main(argv) != 0:
+        raise RuntimeError(f"sana {' '.join(argv)} failed")
+    report = json.loads((out / "report.json").read_text())
+    shutil.copyfile(out / "grid.png", export / "samples.png")
+    scores = {**report["scores"], "overall": report["overall"]}
+    return {"scores": scores, "counts": report["counts"], "autoencoder": report["autoencoder"],
+            "timing": _time_one(export)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------- export
+
+
+def export_pipeline(cfg: Any, checkpoint: Path, dst: Path, *, flow_shift: float) -> dict[str, Any]:
+    """Write a pipeline folder (the `sana.convert` layout plus `settings`) from a training checkpoint: the EMA
+    transformer when the run kept one, the autoencoder and the text encoder the config names. Atomic."""
+    from dcae import load_dcae, save_dcae
+    from linear_dit import load_linear_dit, save_linear_dit
+    from sana.config import save_config
+    from sana.convert import PIPELINE_FORMAT_TAG, PIPELINE_FORMAT_VERSION
+    from sana.hub import PIPELINE_MANIFEST, PIPELINE_PARTS
+
+    weights = checkpoint / "ema" if (checkpoint / "ema").is_dir() else checkpoint / "transformer"
+    tmp = dst.with_name(f".{dst.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir(parents=True)
+        # bf16 storage halves the transformer (Sana's own checkpoints ship in half precision); it is computed in
+        # fp32 on CPUs and the shipped scores are measured on exactly these weights.
+        save_linear_dit(load_linear_dit(weights, dtype=TRANSFORMER_STORAGE), tmp / "transformer")
+        save_dcae(load_dcae(cfg.vae.vae_pretrained, dtype=torch.float32), tmp / "vae")
+        text = Path(cfg.text_encoder.text_encoder_name)
+        _copy_text_encoder(text, tmp / "text_encoder", tmp / "tokenizer")
+        (tmp / "scheduler").mkdir()
+        _write_json(tmp / "scheduler" / "scheduler_config.json", {
+            "_class_name": "DPMSolverMultistepScheduler", "flow_shift": flow_shift, "use_flow_sigmas": True,
+            "prediction_type": "flow_prediction", "algorithm_type": "dpmsolver++", "solver_order": 2,
+            "num_train_timesteps": 1000,
+        })  # fmt: skip
+        save_config(cfg, tmp / "training_config.yaml")
+        _write_json(tmp / PIPELINE_MANIFEST, {
+            "format": PIPELINE_FORMAT_TAG, "format_version": PIPELINE_FORMAT_VERSION,
+            "parts": {name: name for name in PIPELINE_PARTS}, "source": f"sana train-embedded ({checkpoint.name})",
+            "flow_shift": flow_shift, "diffusers_model_index": None,
+            "settings": {
+                "model.image_size": cfg.model.image_size, "model.aspect_ratio_type": cfg.model.aspect_ratio_type,
+                "model.pag_applied_layers": list(cfg.model.pag_applied_layers),
+                "text_encoder.chi_prompt": list(cfg.text_encoder.chi_prompt),
+                "scheduler.flow_shift": flow_shift, "scheduler.vis_sampler": cfg.scheduler.vis_sampler,
+            },
+        })  # fmt: skip
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in dst.iterdir() if p.is_dir()}
+    return {"folder": str(dst), "bytes": sizes, "total_bytes": sum(sizes.values()), "checkpoint": checkpoint.name}
+
+
+def _copy_text_encoder(src: Path, model_dst: Path, tokenizer_dst: Path) -> None:
+    """The pretrained causal LM's decoder stack (`AutoModel`: Gemma2Model, no LM head, as in Sana's own pipeline
+    folders, so diffusers reads it too) and its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    AutoModel.from_pretrained(src, dtype=torch.float32).save_pretrained(model_dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(tokenizer_dst)
+
+
+def _time_one(folder: Path) -> dict[str, float]:
+    """Seconds for one 256² image, 20 steps, CFG (the median of 3 after a warm-up), and its split."""
+    from sana.pipeline import SanaPipeline
+
+    pipe = SanaPipeline.from_pretrained(folder)
+    runs = []
+    for seed in range(4):
+        started = time.perf_counter()
+        pipe("a red circle to the left of a blue square", height=256, width=256, num_inference_steps=20,
+             guidance_scale=4.5, seed=seed, output_type="pil", progress=False)  # fmt: skip
+        runs.append((time.perf_counter() - started, dict(pipe.timings)))
+    runs = sorted(runs[1:], key=lambda r: r[0])
+    seconds, split = runs[len(runs) // 2]
+    return {"total": round(seconds, 3), **{k: round(float(v), 3) for k, v in split.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------------- record
+
+
+def _open_record(work: Path, settings: RecipeSettings) -> dict[str, Any]:
+    path = work / RECIPE_FILE
+    wanted = dataclasses.asdict(settings)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        changed = {k: (record["settings"].get(k), v) for k, v in wanted.items() if record["settings"].get(k) != v}
+        if changed:
+            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(f"{work} holds a recipe run with other settings ({listed}); use another work folder")
+        record.setdefault("calls", []).append(_call())
+        _write_json(path, record)
+        return record
+    machine = {"cpus": os.cpu_count(), "torch": torch.__version__}
+    record = {"settings": wanted, "done": [], "seconds": {}, "results": {}, "machine": machine, "calls": [_call()]}
+    _write_json(path, record)
+    return record
+
+
+def _call() -> dict[str, Any]:
+    """One `train_embedded` call: when it started and with how many torch threads (resumed runs have several)."""
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads()}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _compose.write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _every(total: int, say: Callable[[str], None], name: str) -> Callable[[int, int, dict[str, float]], None]:
+    """A progress callback printing about 20 lines per stage."""
+    period = max(1, total // 20)
+
+    def show(step: int, steps: int, values: dict[str, float]) -> None:
+        if step % period == 0 or step == steps:
+            loss = values.get("loss")
+            say(f"  {name} step {step}/{steps}" + (f" loss {loss:.4f}" if loss is not None else ""))
+
+    return show
+
+
+def _train_progress(total: int, say: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+    show = _every(total, say, "transformer")
+    return lambda record: show(int(record["step"]), total, {"loss": float(record["loss"])})
+
+
+def _parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
+    return total
+
+
+def model_card(export: Path, record: dict[str, Any]) -> str:
+    """The model card (README.md) of an exported model, from its recipe record."""
+    s, seconds, results = record["settings"], record["seconds"], record["results"]
+    ev = results.get("eval", {})
+    scores, ae, timing = ev.get("scores") or {}, ev.get("autoencoder") or {}, ev.get("timing") or {}
+    train_stages = ("data", "autoencoder", "text_encoder", "features", "transformer", "export")
+    train_seconds = sum(seconds.get(k, 0.0) for k in train_stages)
+    parts = {name: _parameters(export / name) for name in ("transformer", "vae", "text_encoder")}
+    size = results.get("export", {}).get("total_bytes", 0)
+    scale = results.get("autoencoder", {}).get("scaling_factor", float("nan"))
+    counts = ev.get("counts") or {}
+    rows = "\n".join(f"| {k} | {v:.3f} | {counts.get(k, '')} |" for k, v in scores.items()) or "| (none) | | |"
+    stage_rows = "\n".join(f"| {k} | {seconds.get(k, 0.0) / 60:.1f} |" for k in STAGES if k in seconds)
+    split = ", ".join(f"{k} {v:.3f} s" for k, v in timing.items() if k != "total")
+    return f"""# sana-shapes-256: the embedded default model
+
+A tiny Sana (Linear DiT + f32 DC-AE + Gemma-2 text encoder) trained from scratch on this repository's synthetic
+shapes world by `sana train-embedded` on a {record["machine"]["cpus"]}-core CPU. It is the model `sana generate`
+uses when no `--model_path` is given. It draws coloured circles, squares, triangles, diamonds and stars on plain
+backgrounds at 256 px (square, 192×320 and 320×192 buckets); it knows nothing else.
+
+## Parts
+
+| part | what | parameters |
+|---|---|---|
+| transformer | Linear DiT `SanaShapes_P1_D8` (see `training_config.yaml`) | {parts["transformer"]:,} |
+| vae | DC-AE f32, 32 latent channels (`dcae.train.EMBEDDED_F32`), scaling factor {scale:.5f} | {parts["vae"]:,} |
+| text_encoder | Gemma-2, 4 layers, width 128, BPE tokenizer trained on the captions | {parts["text_encoder"]:,} |
+
+Folder size: {size / 2**20:.1f} MiB (safetensors; the transformer stored in bf16, the rest in fp32).
+
+## Data and training
+
+- {s["images"]} shapes-world images of the training split (seed {s["seed"]}); the evaluation prompts come from the
+  held-out split, never seen in training.
+- Autoencoder: {s["ae_steps"]} steps, batch {s["ae_batch_size"]}, {s["ae_crop"]} px crops, lr {s["ae_lr"]}.
+- Text encoder: causal-LM pretraining, {s["lm_steps"]} steps of 64 captions; held-out perplexity
+  {results.get("text_encoder", {}).get("heldout_perplexity", float("nan")):.2f}.
+- Transformer: {s["dit_steps"]} steps, batch {s["dit_batch_size"]}, AdamW lr {s["dit_lr"]}, flow matching with
+  logit-normal timesteps, 10% caption dropout (CFG), EMA weights shipped.
+
+| stage | minutes |
+|---|---|
+{stage_rows}
+
+Training stages total: **{train_seconds / 60:.1f} min** (eval not included).
+
+## Evaluation (`sana eval shapes`, {s["eval_prompts"]} held-out prompts, {s["eval_steps"]} steps, CFG 4.5)
+
+| category | score | prompts |
+|---|---|---|
+{rows}
+
+Autoencoder on {s["ae_eval_images"]} held-out images: PSNR {ae.get("psnr", float("nan")):.2f} dB, SSIM
+{ae.get("ssim", float("nan")):.4f}.
+
+One 256² image, 20 steps, CFG, fp32 on this CPU: {timing.get("total", float("nan")):.3f} s ({split}).
+
+`samples.png` shows the first evaluation images.
+
+## Reproduce
+
+```
+sana train-embedded --work-dir runs/embedded
+```
+
+writes the same folder to `runs/embedded/model` (every stage is resumable; `recipe.json` records the settings
+and the seconds per stage). Same settings and thread count give the same weights on the same machine.
+"""
+
+
+def _write_card(export: Path, record: dict[str, Any]) -> None:
+    _compose.write_text_atomic(export / "README.md", model_card(export, record))
