@@ -190,3 +190,25 @@ def test_eval_shapes_writes_a_report_and_a_grid(tiny_diffusers_pipeline_dir, tmp
     assert 0 <= report["overall"] <= 1 and len(report["records"]) == 12
     assert report["autoencoder"]["psnr"] > 0 and Image.open(out / "grid.png").size[0] > 32
     assert "overall" in (out / "report.md").read_text()
+
+
+def test_outputs_are_written_atomically_with_the_umask_permissions(tmp_path):
+    """PNGs, manifests and configs go through one atomic writer: readable as the umask says (not 0600), and a
+    failed write leaves neither a partial file nor a temporary one."""
+    import os
+
+    from PIL import Image
+
+    from sana._io import atomic_open
+    from sana.images import read_metadata, save_png
+
+    umask = os.umask(0o022)
+    try:
+        path = save_png(Image.new("RGB", (8, 8)), tmp_path / "a.png", {"prompt": "x"})
+        assert (path.stat().st_mode & 0o777) == 0o644 and read_metadata(path)["prompt"] == "x"
+        with pytest.raises(RuntimeError, match="disk full"), atomic_open(tmp_path / "b.json") as f:
+            f.write("{")
+            raise RuntimeError("disk full")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    finally:
+        os.umask(umask)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +77,10 @@ def load_text_encoder_parts(model_dir: Path, tokenizer_dir: Path, *, chi: Any, m
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to a hidden sibling and rename it into place: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from sana._io import atomic_open
+
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -8,14 +8,13 @@ batch size (native Sana keeps seeds aligned the same way, spec §8.5).
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sana._io import atomic_open
 from sana.images import save_png, to_pil
 from sana.pipeline import SanaPipeline
 
@@ -165,15 +164,9 @@ def _load_manifest(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
 
 
 __all__ = ("PromptItem", "Job", "read_txt_prompts", "read_json_prompts", "plan", "run_batch")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -36,6 +35,7 @@ from pydantic import (
 )
 
 from linear_dit import LinearDiTConfig, get_preset
+from sana._io import atomic_open
 from sana._overrides import (
     ConfigError,
     check_key,
@@ -460,14 +460,8 @@ def save_config(cfg: SanaConfig, path: str | Path) -> Path:
     """Write `dump_config(cfg)` to `path` atomically (temp file in the same folder, then rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dump_config(cfg))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(target, "w", encoding="utf-8") as f:
+        f.write(dump_config(cfg))
     return target
 
 

@@ -6,8 +6,6 @@ Images are (B, 3, H, W) float tensors in [-1, 1] unless said otherwise.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
+
+from sana._io import atomic_open
 
 METADATA_KEY = "sana"  # PNG text chunk holding the JSON generation settings
 PARAMETERS_KEY = "parameters"  # A1111-style one-line summary that image viewers and other tools display
@@ -66,14 +66,8 @@ def save_png(image: Image.Image, path: str | Path, metadata: Mapping[str, Any] |
     """Write `image` as PNG with `metadata` in text chunks, atomically (a crash leaves no partial file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=png_info(metadata) if metadata else None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        image.save(f, format="PNG", pnginfo=png_info(metadata) if metadata else None)
     return path
 
 
