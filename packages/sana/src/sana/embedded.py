@@ -149,7 +149,7 @@ def train_embedded(
             say(text)
 
         if name == "export":
-            result = _stage_export(work, settings, export, record)
+            result = _stage_export(work, settings, export)
         elif name == "eval":
             result = _stage_eval(work, settings, export, beat)
         else:
@@ -264,7 +264,7 @@ def _stage_transformer(work: Path, s: RecipeSettings, say: Callable[[str], None]
     return {"steps": run.state.step}
 
 
-def _stage_export(work: Path, s: RecipeSettings, export: Path, record: dict[str, Any]) -> dict[str, Any]:
+def _stage_export(work: Path, s: RecipeSettings, export: Path) -> dict[str, Any]:
     from sana.train.checkpoint import list_checkpoints
 
     cfg = recipe_config(work, s)
