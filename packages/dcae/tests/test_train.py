@@ -150,7 +150,7 @@ def test_losses_match_metrics() -> None:
         and torch.allclose(ssim_map_mean(a[..., :6, :8], a[..., :6, :8]), torch.ones(2))
     )
     with pytest.raises(ValueError, match="at least one"):
-        LossWeights(l1=0, ssim=0, edge=0)
+        LossWeights(l1=0, l2=0, ssim=0, edge=0)
     with pytest.raises(ValueError, match=r"losses\.ssim must be a finite number >= 0"):
         LossWeights(ssim=-1)
     terms = reconstruction_losses(a, a, LossWeights())
@@ -221,6 +221,8 @@ def test_cli_train_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         ([torch.zeros(3, 16, 16)], {"dtype": "fp16"}, ValueError, "dtype must be one of"),
         ([torch.zeros(3, 16, 16)], {"steps": 0}, ValueError, "steps must be"),
         ([torch.zeros(3, 16, 16)], {"losses": {"l1": 1.0}}, TypeError, "losses must be a dcae.train.LossWeights"),
+        ([torch.zeros(3, 16, 16)], {"crop": 8, "crop_candidates": 0}, ValueError, "crop_candidates must be an integer"),
+        ([torch.zeros(3, 16, 16)], {"crop_candidates": 4}, ValueError, r"crop_candidates > 1 needs crop="),
         (42, {}, TypeError, "images must be a folder"),
     ],
 )
@@ -261,3 +263,27 @@ def test_the_latent_penalty_keeps_latents_small(tmp_path: Path) -> None:
     assert rms[10.0] < 0.5 * rms[0.0], rms
     with pytest.raises(ValueError, match=r"losses\.latent must be a finite number >= 0"):
         LossWeights(latent=-1.0)
+
+
+def test_crop_candidates_pick_the_crop_with_the_most_edges(tmp_path: Path) -> None:
+    """Of `crop_candidates` random crops the batch holds the one with the most edge energy; the draw is a function
+    of (seed, step), so it is reproducible and recorded in the run's settings."""
+    from dcae.train import ImageSource
+
+    img = torch.full((3, 64, 64), 0.9)
+    img[:, 40:52, 8:20] = torch.tensor([-0.8, 0.6, -0.5])[:, None, None]  # one small square on a flat background
+
+    def energy(c: torch.Tensor) -> float:
+        return ((c[:, 1:] - c[:, :-1]).abs().sum() + (c[:, :, 1:] - c[:, :, :-1]).abs().sum()).item()
+
+    plain = ImageSource.create([img, img], crop=16, f=4, holdout=0, seed=0)
+    chosen = ImageSource.create([img, img], crop=16, f=4, holdout=0, seed=0, candidates=8)
+    plain_e = [energy(c) for step in range(40) for c in plain.batch(step, 2)]
+    chosen_e = [energy(c) for step in range(40) for c in chosen.batch(step, 2)]
+    assert sum(e > 0 for e in chosen_e) > 2 * sum(e > 0 for e in plain_e), (plain_e, chosen_e)
+    assert torch.equal(chosen.batch(7, 2), ImageSource.create([img, img], crop=16, f=4, holdout=0, seed=0,
+                                                              candidates=8).batch(7, 2))  # fmt: skip
+    train_autoencoder(_model(), [img, img], tmp_path / "run", steps=1, crop=16, crop_candidates=8, holdout=1)
+    with pytest.raises(ValueError, match=r"settings changed since it was written: \['crop_candidates'\]"):
+        train_autoencoder(_model(), [img, img], tmp_path / "run", steps=2, crop=16, crop_candidates=2, holdout=1,
+                          resume=True)  # fmt: skip

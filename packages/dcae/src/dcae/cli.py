@@ -240,7 +240,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             weights = LossWeights() if args.adv_weight is None else LossWeights(adversarial=args.adv_weight)
             report = train_autoencoder(
                 model, args.images, args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                crop=args.crop, losses=weights, adversarial_from_step=args.adversarial_from,
+                crop=args.crop, crop_candidates=args.crop_candidates, losses=weights,
+                adversarial_from_step=args.adversarial_from,
                 warmup_steps=args.warmup, dtype=args.dtype, seed=args.seed, holdout=args.holdout,
                 resume=args.resume, max_steps=args.max_steps, save_every=args.save_every,
                 log_every=args.log_every, progress=progress,
@@ -312,6 +313,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay to lr/10)")
     tr.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     tr.add_argument("--crop", type=int, default=None, help="random square crops of this size (a multiple of f)")
+    tr.add_argument("--crop-candidates", type=int, default=1, help="train on the most-edged of N random crops")
     tr.add_argument("--adversarial-from", type=int, default=None, help="step that starts the decoder-only GAN phase")
     tr.add_argument("--adv-weight", type=float, default=None, help="weight of the hinge GAN term (default 0.05)")
     tr.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (slow without AVX-512)")

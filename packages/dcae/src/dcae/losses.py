@@ -35,7 +35,7 @@ class LossWeights:
     adversarial phase (`train_autoencoder(adversarial_from_step=...)`)."""
 
     l1: float = 1.0
-    l2: float = 0.0
+    l2: float = 1.0  # with L1 alone small objects collapse to the background (L1's median); see docs/dcae.md
     ssim: float = 0.2
     edge: float = 0.5
     adversarial: float = 0.05

@@ -2,7 +2,7 @@
 
 `train_autoencoder` follows the DC-AE paper's phases in a form that fits a CPU:
 
-1. reconstruction training of the whole autoencoder on random crops: L1 (+ optional L2) + SSIM + Sobel-edge L1
+1. reconstruction training of the whole autoencoder on random crops: L1 + L2 + SSIM + Sobel-edge L1
    (`dcae.losses`: no downloaded perceptual network);
 2. (optional) from `adversarial_from_step` on, the encoder is frozen and the decoder alone is refined with the
    same losses plus a hinge PatchGAN term at a fixed small weight, the discriminator trained alongside.
@@ -150,6 +150,7 @@ def train_autoencoder(
     batch_size: int = 8,
     lr: float = 1e-3,
     crop: int | None = None,
+    crop_candidates: int = 1,
     losses: LossWeights = LossWeights(),  # noqa: B008 (frozen dataclass: immutable default)
     adversarial_from_step: int | None = None,
     disc_width: int = 32,
@@ -175,6 +176,9 @@ def train_autoencoder(
         steps: total optimizer steps of the run (the cosine schedule ends here).
         crop: train on random `crop`×`crop` crops (a multiple of f); None uses whole images (one size, multiples
             of f). Evaluation uses centre crops of the same size.
+        crop_candidates: draw this many random crops per image and train on the one with the most edge energy
+            (summed absolute differences of neighbouring pixels): on data with small objects on flat backgrounds
+            most random crops hold no object. 1 (default): plain random crops.
         losses: loss weights (`LossWeights`: l1, l2, ssim, edge, adversarial).
         adversarial_from_step: from this step on, freeze the encoder and add the hinge PatchGAN term to the
             decoder's loss (weight `losses.adversarial`); None: no adversarial phase.
@@ -187,8 +191,13 @@ def train_autoencoder(
     """
     out_dir = Path(out_dir)
     _check_arguments(model, steps, batch_size, lr, crop, adversarial_from_step, warmup_steps, dtype, seed, max_steps)
+    if not isinstance(crop_candidates, int) or isinstance(crop_candidates, bool) or crop_candidates < 1:
+        raise ValueError(f"crop_candidates must be an integer >= 1, got {crop_candidates!r}")
+    if crop_candidates > 1 and crop is None:
+        raise ValueError("crop_candidates > 1 needs crop= (it chooses among random crops)")
     _check_intervals(save_every=save_every, keep_last=keep_last, log_every=log_every)
-    source = ImageSource.create(images, crop=crop, f=model.spatial_compression, holdout=holdout, seed=seed)
+    source = ImageSource.create(images, crop=crop, f=model.spatial_compression, holdout=holdout, seed=seed,
+                                candidates=crop_candidates)  # fmt: skip
     run = _new_run(model, source, steps, batch_size, lr, crop, losses, adversarial_from_step, disc_width,
                    warmup_steps, max_grad_norm, dtype, seed)  # fmt: skip
     _start_or_resume(run, out_dir, resume)
@@ -279,6 +288,7 @@ def _new_run(
         raise TypeError(f"losses must be a dcae.train.LossWeights, got {type(losses).__name__}")
     settings = {
         "config": model.config.to_dict(), "batch_size": batch_size, "lr": lr, "crop": crop,
+        "crop_candidates": source.candidates,
         "losses": losses.to_dict(), "adversarial_from_step": adversarial_from_step, "disc_width": disc_width,
         "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "dtype": dtype, "seed": seed,
         "train_images": len(source.train), "holdout": len(source.heldout), "steps": steps,
@@ -454,13 +464,18 @@ def _check_size(height: int, width: int, where: str, crop: int | None, f: int) -
 class ImageSource:
     """Indexable (3, H, W) images split into training and held-out indices (the last `holdout` ones)."""
 
-    def __init__(self, get: Callable[[int], torch.Tensor], n: int, crop: int | None, f: int, holdout: int, seed: int):
-        self._get, self.crop, self.f, self.seed = get, crop, f, seed
+    def __init__(
+        self, get: Callable[[int], torch.Tensor], n: int, crop: int | None, f: int, holdout: int, seed: int,
+        candidates: int = 1,
+    ) -> None:  # fmt: skip
+        self._get, self.crop, self.f, self.seed, self.candidates = get, crop, f, seed, candidates
         self.train, self.heldout = list(range(n - holdout)), list(range(n - holdout, n))
         self._perms: dict[int, torch.Tensor] = {}
 
     @classmethod
-    def create(cls, images: object, *, crop: int | None, f: int, holdout: int | None, seed: int) -> ImageSource:
+    def create(
+        cls, images: object, *, crop: int | None, f: int, holdout: int | None, seed: int, candidates: int = 1
+    ) -> ImageSource:
         """Validate `images` (a folder, a tensor sequence or an indexable dataset) up front where sizes are known."""
         if isinstance(images, str | Path):
             get, sizes = _folder(Path(images))
@@ -483,7 +498,7 @@ class ImageSource:
             holdout = min(MAX_HOLDOUT, max(1, n // 10)) if n >= 2 else 0
         if not isinstance(holdout, int) or not 0 <= holdout < n:
             raise ValueError(f"holdout must be an integer in [0, {n - 1}] for {n} images, got {holdout!r}")
-        return cls(get, n, crop, f, holdout, seed)
+        return cls(get, n, crop, f, holdout, seed, candidates)
 
     def _item(self, index: int) -> torch.Tensor:
         x = _checked(self._get(index), f"images[{index}]")
@@ -491,11 +506,12 @@ class ImageSource:
         return x.float()  # fp32 master copy whatever the source dtype; autocast handles bf16
 
     def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            self._perms[epoch] = torch.randperm(len(self.train), generator=_generator(self.seed, "epoch", epoch))
+        perm = self._perms.get(epoch)
+        if perm is None:  # a pure function of (seed, epoch): a dropped epoch is simply drawn again
+            perm = self._perms[epoch] = torch.randperm(len(self.train), generator=_generator(self.seed, "epoch", epoch))
             for old in sorted(self._perms)[:-KEPT_EPOCHS]:
                 del self._perms[old]
-        return self._perms[epoch]
+        return perm
 
     def batch(self, step: int, batch_size: int) -> torch.Tensor:
         """Batch `step`: epoch-shuffled images (every image once per epoch), random crops; (B, 3, crop, crop)."""
@@ -504,14 +520,26 @@ class ImageSource:
         for k in range(step * batch_size, (step + 1) * batch_size):
             x = self._item(self.train[int(self._perm(k // n)[k % n])])
             if self.crop is not None:
-                top = int(torch.randint(0, x.shape[-2] - self.crop + 1, (), generator=g))
-                left = int(torch.randint(0, x.shape[-1] - self.crop + 1, (), generator=g))
-                x = x[:, top : top + self.crop, left : left + self.crop]
+                x = self._crop(x, g)
             images.append(x)
         try:
             return torch.stack(images)
         except RuntimeError as exc:
             raise ValueError(f"images of different sizes in one batch ({exc}); pass crop= to train on crops") from exc
+
+    def _crop(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """A random `crop`² crop of x (3, H, W); of `candidates` draws, the one with the most edge energy."""
+        best, best_energy = None, -1.0
+        for _ in range(self.candidates):
+            top = int(torch.randint(0, x.shape[-2] - self.crop + 1, (), generator=g))
+            left = int(torch.randint(0, x.shape[-1] - self.crop + 1, (), generator=g))
+            c = x[:, top : top + self.crop, left : left + self.crop]  # (3, crop, crop)
+            if self.candidates == 1:
+                return c
+            energy = ((c[:, 1:] - c[:, :-1]).abs().sum() + (c[:, :, 1:] - c[:, :, :-1]).abs().sum()).item()
+            if energy > best_energy:
+                best, best_energy = c, energy
+        return best
 
     def eval_image(self, i: int, *, heldout: bool) -> torch.Tensor:
         """Held-out (or training) image `i`, centre-cropped to `crop`: (3, H, W)."""
