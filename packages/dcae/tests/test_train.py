@@ -181,7 +181,7 @@ def test_cli_train_end_to_end(
     config.write_text(json.dumps(tiny_config().to_dict()))
     out = tmp_path / "out"
     common = ["train", str(images), "-o", str(out), "--config", str(config), "--batch-size", "2", "--log-every", "1"]
-    common += ["--threads", "1"]
+    common += ["--threads", "1", "--crop", "8", "--crop-candidates", "3"]
     assert main([*common, "--steps", "3", "--max-steps", "2"]) == 0
     assert "continue with --resume" in capsys.readouterr().out
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the tqdm bar is on by default
@@ -192,6 +192,8 @@ def test_cli_train_end_to_end(
     assert "held-out PSNR" in printed and str(out / "model") in printed
     assert load_dcae(out / "model").config.widths == tiny_config().widths
     assert [r["step"] for r in _log(out)] == ["1", "2", "3"]
+    assert main([*common[:-1], "2", "--steps", "4", "--resume"]) == 2  # another --crop-candidates
+    assert "['crop_candidates']" in capsys.readouterr().err
     assert main([*common, "--steps", "3"]) == 2  # existing checkpoints without --resume
     assert "pass resume=True" in capsys.readouterr().err
 
