@@ -38,8 +38,10 @@ def _ours(folder: Path):
     pipe = SanaPipeline.from_pretrained(folder)
 
     def call(latents: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        # PAG off (pag_guidance_scale=1): diffusers' SanaPipeline has none, and the model's folder names a PAG layer
         images = pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=CFG, seed=0,
-                      latents=latents, use_resolution_binning=False, uncond_mask="own", progress=False)  # fmt: skip
+                      pag_guidance_scale=1.0, latents=latents, use_resolution_binning=False, uncond_mask="own",
+                      progress=False)  # fmt: skip
         return images * 0.5 + 0.5, dict(pipe.timings)  # [-1, 1] -> diffusers' [0, 1]
 
     return call, pipe

@@ -255,6 +255,9 @@ def test_reconstruction_scores() -> None:
     images = heldout_images(3)
     exact = reconstruction_scores(lambda x: x, images)
     assert exact["ssim"] == pytest.approx(1.0) and exact["psnr"] > 100 and exact["images"] == 3
+    assert exact["detector_agreement"] == 1.0
+    grey = reconstruction_scores(lambda x: torch.zeros_like(x), images)  # every object lost
+    assert grey["detector_agreement"] == 0.0
     gen = torch.Generator().manual_seed(0)
     noisy = reconstruction_scores(lambda x: x + 0.05 * torch.randn(x.shape, generator=gen), images)
     assert 25 < noisy["psnr"] < 35 and noisy["ssim"] < 0.95 and noisy["psnr_min"] <= noisy["psnr"]

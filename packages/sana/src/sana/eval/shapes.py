@@ -335,7 +335,9 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 def reconstruction_scores(
     autoencode: Callable[[torch.Tensor], torch.Tensor], images: Sequence[Image.Image]
 ) -> dict[str, float]:
-    """Mean (and worst) PSNR in dB and SSIM of `autoencode` over `images`, one image at a time.
+    """Mean (and worst) PSNR in dB and SSIM of `autoencode` over `images`, one image at a time, and how often the
+    detector finds the same objects (multiset of shape and colour) in the reconstruction as in the original:
+    `detector_agreement`, the ceiling that this autoencoder puts on any `sana eval shapes` score.
 
     Args:
         autoencode: (1, 3, H, W) float32 in [-1, 1] -> the same shape (e.g. `lambda x: ae.decode(ae.encode(x))`);
@@ -343,11 +345,11 @@ def reconstruction_scores(
         images: e.g. `heldout_images(64)`.
 
     Returns:
-        `{"psnr", "ssim", "psnr_min", "ssim_min", "images"}`.
+        `{"psnr", "ssim", "psnr_min", "ssim_min", "detector_agreement", "images"}`.
     """
     if not images:
         raise ValueError("images must not be empty")
-    psnrs, ssims = [], []
+    psnrs, ssims, agree = [], [], []
     for image in images:
         x = _to_tensor(image)  # (1, 3, H, W)
         y = autoencode(x)
@@ -356,11 +358,15 @@ def reconstruction_scores(
         y = y.float().clamp(-1, 1)  # fp32 metrics whatever dtype the autoencoder ran in
         psnrs.append(float(psnr(x, y)[0]))
         ssims.append(float(ssim(x, y)[0]))
+        pixels = ((y[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()  # (H, W, 3) uint8
+        found = sorted((d.shape, d.color) for d in detect(pixels))
+        agree.append(found == sorted((d.shape, d.color) for d in detect(image)))
     return {
         "psnr": sum(psnrs) / len(psnrs),
         "ssim": sum(ssims) / len(ssims),
         "psnr_min": min(psnrs),
         "ssim_min": min(ssims),
+        "detector_agreement": sum(agree) / len(agree),
         "images": float(len(images)),
     }
 
