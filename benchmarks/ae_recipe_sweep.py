@@ -105,11 +105,9 @@ class Shapes:
         return m  # (1, H, W)
 
 
-def _edge_energy(c: torch.Tensor) -> float:
-    return ((c[:, 1:] - c[:, :-1]).abs().sum() + (c[:, :, 1:] - c[:, :, :-1]).abs().sum()).item()
-
-
 def _batch(data: Shapes, rng: np.random.Generator, v: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    from dcae.train import edge_energy
+
     crop, size = v.get("crop", 128), v.get("batch", 8)
     xs, ms = [], []
     for _ in range(size):
@@ -124,7 +122,7 @@ def _batch(data: Shapes, rng: np.random.Generator, v: dict) -> tuple[torch.Tenso
         else:  # `candidates` random crops, the one with the most edges (dcae.train's crop_candidates)
             draws = [(int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1)))
                      for _ in range(v.get("candidates", 1))]  # fmt: skip
-            top, left = max(draws, key=lambda d: _edge_energy(x[:, d[0] : d[0] + crop, d[1] : d[1] + crop]))
+            top, left = max(draws, key=lambda d: edge_energy(x[:, d[0] : d[0] + crop, d[1] : d[1] + crop]))
         xs.append(x[:, top : top + crop, left : left + crop])
         ms.append(data.box_mask(i)[:, top : top + crop, left : left + crop])
     return torch.stack(xs), torch.stack(ms)  # (B, 3, crop, crop), (B, 1, crop, crop)

@@ -461,6 +461,12 @@ def _check_size(height: int, width: int, where: str, crop: int | None, f: int) -
                          f"pass crop= (a multiple of {f}) to train on random crops")  # fmt: skip
 
 
+def edge_energy(image: torch.Tensor) -> float:
+    """Summed absolute differences of vertically and horizontally neighbouring pixels of (C, H, W): how much of a
+    crop is edges (0 for a flat one). `crop_candidates` keeps the crop where this is largest."""
+    return ((image[:, 1:] - image[:, :-1]).abs().sum() + (image[:, :, 1:] - image[:, :, :-1]).abs().sum()).item()
+
+
 class ImageSource:
     """Indexable (3, H, W) images split into training and held-out indices (the last `holdout` ones)."""
 
@@ -536,7 +542,7 @@ class ImageSource:
             c = x[:, top : top + self.crop, left : left + self.crop]  # (3, crop, crop)
             if self.candidates == 1:
                 return c
-            energy = ((c[:, 1:] - c[:, :-1]).abs().sum() + (c[:, :, 1:] - c[:, :, :-1]).abs().sum()).item()
+            energy = edge_energy(c)
             if energy > best_energy:
                 best, best_energy = c, energy
         return best
