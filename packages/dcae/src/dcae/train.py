@@ -190,11 +190,8 @@ def train_autoencoder(
         progress: called after every step as `progress(step, steps, losses)`.
     """
     out_dir = Path(out_dir)
-    _check_arguments(model, steps, batch_size, lr, crop, adversarial_from_step, warmup_steps, dtype, seed, max_steps)
-    if not isinstance(crop_candidates, int) or isinstance(crop_candidates, bool) or crop_candidates < 1:
-        raise ValueError(f"crop_candidates must be an integer >= 1, got {crop_candidates!r}")
-    if crop_candidates > 1 and crop is None:
-        raise ValueError("crop_candidates > 1 needs crop= (it chooses among random crops)")
+    _check_arguments(model, steps, batch_size, lr, crop, crop_candidates, adversarial_from_step, warmup_steps, dtype,
+                     seed, max_steps)  # fmt: skip
     _check_intervals(save_every=save_every, keep_last=keep_last, log_every=log_every)
     source = ImageSource.create(images, crop=crop, f=model.spatial_compression, holdout=holdout, seed=seed,
                                 candidates=crop_candidates)  # fmt: skip
@@ -234,6 +231,7 @@ def _check_arguments(
     batch_size: int,
     lr: float,
     crop: int | None,
+    crop_candidates: int,
     adversarial_from_step: int | None,
     warmup_steps: int,
     dtype: str,
@@ -255,6 +253,10 @@ def _check_arguments(
     f = model.spatial_compression
     if crop is not None and (not isinstance(crop, int) or crop < f or crop % f):
         raise ValueError(f"crop must be a positive multiple of the model's compression f={f}, got {crop!r}")
+    if not isinstance(crop_candidates, int) or isinstance(crop_candidates, bool) or crop_candidates < 1:
+        raise ValueError(f"crop_candidates must be an integer >= 1, got {crop_candidates!r}")
+    if crop_candidates > 1 and crop is None:
+        raise ValueError("crop_candidates > 1 needs crop= (it chooses among random crops)")
     if adversarial_from_step is not None and (not isinstance(adversarial_from_step, int) or adversarial_from_step < 0):
         raise ValueError(f"adversarial_from_step must be None or an integer >= 0, got {adversarial_from_step!r}")
     if dtype not in AUTOCAST:
