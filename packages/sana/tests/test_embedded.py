@@ -125,5 +125,25 @@ def test_the_recipe_runs_every_stage_resumes_and_refuses_other_settings(tmp_path
     image = pipe("a red circle", height=192, width=320, num_inference_steps=2, seed=0, output_type="pil",
                  progress=False)[0]  # fmt: skip
     assert image.size == (320, 192)
-    with pytest.raises(ValueError, match=r"other settings.*dit_steps"):
+    with pytest.raises(ValueError, match=r"other settings.*dit_steps.*--redo-from transformer"):
         train_embedded(work, RecipeSettings(**{**vars(QUICK), "dit_steps": 4}))
+
+    # --redo-from: new transformer settings reuse the autoencoder, text encoder and features; a setting of an
+    # earlier stage is refused before anything is deleted
+    with pytest.raises(
+        ValueError, match=r"keeps stages that these changed settings affect: ae_lr \(stage 'autoencoder'\)"
+    ):
+        train_embedded(work, RecipeSettings(**{**vars(QUICK), "ae_lr": 5e-4}), redo_from="transformer")
+    with pytest.raises(ValueError, match="unknown stage 'dit'"):
+        train_embedded(work, QUICK, redo_from="dit")
+    assert json.loads((work / "recipe.json").read_text())["done"][-1] == "card"
+    lines.clear()
+    redone = train_embedded(work, RecipeSettings(**{**vars(QUICK), "dit_steps": 4}), log=lines.append,
+                            redo_from="transformer")  # fmt: skip
+    assert any("features: done earlier" in line for line in lines)
+    assert not any("transformer: done earlier" in line for line in lines)
+    assert redone["results"]["transformer"]["steps"] == 4 and redone["settings"]["dit_steps"] == 4
+    assert redone["done"][-3:] == ["export", "eval", "card"]
+    assert redone["calls"][-1]["redo_from"] == "transformer"
+    assert json.loads((model / "recipe.json").read_text())["settings"]["dit_steps"] == 4
+    assert train_embedded(work, RecipeSettings(**{**vars(QUICK), "dit_steps": 4}))["done"] == redone["done"]

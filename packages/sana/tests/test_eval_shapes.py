@@ -23,6 +23,7 @@ from sana.eval import (
     relation_holds,
     sample_grid,
     score,
+    text_gain,
     validate_detector,
 )
 from sana_data.shapes import BACKGROUNDS, COLORS, SHAPES, Scene, ShapeObject, captions, is_heldout, render
@@ -273,3 +274,22 @@ def test_sample_grid() -> None:
     assert grid.getpixel((0, 0)) == (255, 255, 255)
     with pytest.raises(ValueError, match="columns"):
         sample_grid(images, columns=0)
+
+
+def test_text_gain_is_one_exactly_when_the_prompt_cannot_matter() -> None:
+    from sana.testing import tiny_parts
+
+    parts = tiny_parts(seed=0)
+    denoiser, ae, te = parts["denoiser"], parts["autoencoder"], parts["text_encoder"]
+    used = text_gain(denoiser, ae, te, n=2, times=(0.5, 0.9))
+    assert used["images"] == 2 and set(used["per_time"]) == {0.5, 0.9}
+    assert abs(used["text_gain"] - 1.0) > 1e-3  # a random model's output depends on its prompt
+    with torch.no_grad():
+        denoiser.attention_y_norm.weight.zero_()  # every caption token becomes the same: the prompt is silenced
+    silenced = text_gain(denoiser, ae, te, n=2, times=(0.5, 0.9))
+    assert silenced["text_gain"] == pytest.approx(1.0, abs=1e-6)
+    assert silenced["per_time"][0.9] == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="times must lie in"):
+        text_gain(denoiser, ae, te, n=1, times=(0.0,))
+    with pytest.raises(ValueError, match="need n >= 1"):
+        text_gain(denoiser, ae, te, n=0)

@@ -28,6 +28,7 @@ from sana.config import ConfigError, dump_config, load_config, parse_overrides
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLER_ALIASES = {"flow_dpm-solver": "flow_dpm-solver", "dpm": "flow_dpm-solver", "flow_euler": "flow_euler"}
+TEXT_GAIN_IMAGES = 32  # held-out images behind `sana eval shapes`' text gain
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     emb.add_argument("--out", help="model folder to write (default: WORK_DIR/model)")
     emb.add_argument("--quick", action="store_true", help="a few steps per stage: checks the recipe runs")
     emb.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    emb.add_argument("--redo-from", metavar="STAGE", help="keep the finished stages before STAGE, redo it and the "
+                     "later ones (e.g. transformer: new DiT settings, same autoencoder)")  # fmt: skip
     emb.set_defaults(run=_train_embedded)
     ev = sub.add_parser("eval", help="evaluate a model; `sana eval shapes`: GenEval-style on the shapes world")
     ev.add_argument("benchmark", choices=("shapes",))
@@ -155,7 +158,7 @@ def _encode_latents(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
 
 def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from sana.eval import eval_prompts, evaluate, heldout_images, reconstruction_scores, sample_grid
+    from sana.eval import eval_prompts, evaluate, heldout_images, reconstruction_scores, sample_grid, text_gain
     from sana.images import save_png
 
     pipe = load_pipeline(load_config(args.config, overrides), _model_path(args), overrides, device=args.device,
@@ -170,17 +173,22 @@ def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
                       on_image=lambda prompt, image: shown.append(image) if len(shown) < 64 else None)  # fmt: skip
     ae = pipe.autoencoder
     recon = reconstruction_scores(lambda x: ae.decode(ae.encode(x.to(pipe.device))), heldout_images(args.ae_images))
+    reliance = text_gain(pipe.denoiser, ae, pipe.text_encoder, n=TEXT_GAIN_IMAGES, seed=args.seed)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    result = {**report.to_dict(records=True), "autoencoder": recon, "settings": vars(args) | {"run": None}}
+    result = {**report.to_dict(records=True), "autoencoder": recon, "transformer": reliance,
+              "settings": vars(args) | {"run": None}}  # fmt: skip
     write_text_atomic(out / "report.json", json.dumps(result, indent=2, default=str) + "\n")
     ae_line = (f"Autoencoder PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.4f} on {args.ae_images} held-out "
                f"images; the detector finds the original's objects in {recon['detector_agreement']:.1%} of the "
                "reconstructions (the ceiling the autoencoder puts on these scores)")  # fmt: skip
-    write_text_atomic(out / "report.md", report.to_markdown() + f"\n\n{ae_line}\n")
+    gain_line = (f"Text gain {reliance['text_gain']:.3f} on {TEXT_GAIN_IMAGES} held-out images: the transformer's "
+                 "loss with the null caption over its loss with their own (1.0: it ignores the prompt)")  # fmt: skip
+    write_text_atomic(out / "report.md", report.to_markdown() + f"\n\n{ae_line}\n\n{gain_line}\n")
     save_png(sample_grid(shown, columns=8), out / "grid.png")
     print(report.to_markdown())
     print(ae_line)
+    print(gain_line)
     print(f"report: {out / 'report.json'}")
     return 0
 
@@ -247,7 +255,7 @@ def _train_embedded(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else RecipeSettings()
-    record = train_embedded(args.work_dir, settings, export_to=args.out)
+    record = train_embedded(args.work_dir, settings, export_to=args.out, redo_from=args.redo_from)
     model = Path(args.out) if args.out else Path(args.work_dir) / "model"
     train = sum(v for k, v in record["seconds"].items() if k != "eval")
     print(f"model: {model} (training stages {train / 60:.1f} min; record: {Path(args.work_dir) / 'recipe.json'})")

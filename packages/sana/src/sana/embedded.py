@@ -44,6 +44,7 @@ __all__ = (
     "QUICK",
     "RECIPE_CONFIG",
     "STAGES",
+    "STAGE_SETTINGS",
     "RecipeSettings",
     "default_model_path",
     "train_embedded",
@@ -52,6 +53,20 @@ __all__ = (
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 RECIPE_CONFIG = Path(__file__).parent / "configs" / "embedded" / "Sana_Shapes_img256.yaml"
 STAGES = ("data", "autoencoder", "text_encoder", "features", "transformer", "export", "eval")
+# which `RecipeSettings` fields each stage's output depends on directly (later stages depend on it in turn)
+STAGE_SETTINGS = {
+    "data": ("images", "seed"),
+    "autoencoder": ("ae_steps", "ae_batch_size", "ae_crop", "ae_crop_candidates", "ae_lr", "ae_latent_weight"),
+    "text_encoder": ("lm_steps",),
+    "features": (),
+    "transformer": ("dit_steps", "dit_batch_size", "dit_lr"),
+    "export": (),
+    "eval": ("eval_prompts", "eval_steps", "ae_eval_images"),
+}
+STAGE_OUTPUTS = {  # folders of the work folder a stage writes (deleted when it is redone)
+    "data": ("data",), "autoencoder": ("autoencoder",), "text_encoder": ("text_encoder",),
+    "features": ("features",), "transformer": ("transformer",), "eval": ("eval",),
+}  # fmt: skip
 RECIPE_FILE = "recipe.json"  # settings + per-stage seconds, in the work folder and in the exported model
 TRANSFORMER_STORAGE = torch.bfloat16  # dtype of the exported transformer weights
 CHI_OFF: list[str] = []  # the tiny text encoder never saw an instruction; prompts are encoded as written
@@ -116,18 +131,24 @@ def train_embedded(
     *,
     export_to: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    redo_from: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the whole recipe in `work_dir`; returns the recipe record (settings, seconds per stage,
     scores). The model folder is `export_to` (default `work_dir/model`); it is replaced atomically at the end.
 
+    `redo_from` (a stage name) keeps the finished stages before it and runs it and every later stage again, from
+    scratch: how to try, say, other transformer settings without retraining the autoencoder. Settings may change
+    only where they affect the redone stages (`STAGE_SETTINGS`).
+
     Raises:
-        ValueError: `work_dir` holds a run made with other settings (the message lists them).
+        ValueError: `work_dir` holds a run made with other settings (the message lists them and the stage to redo
+            from), or `redo_from` would keep a stage that a changed setting affects.
     """
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
     work = Path(work_dir).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
     export = Path(export_to).expanduser().resolve() if export_to else work / "model"
-    record = _open_record(work, settings)
+    record = _open_record(work, settings, redo_from)
     stages: dict[str, Callable[[Path, RecipeSettings, Callable[[str], None]], dict[str, Any] | None]] = {
         "data": _stage_data,
         "autoencoder": _stage_autoencoder,
@@ -223,8 +244,11 @@ def _stage_text_encoder(work: Path, s: RecipeSettings, say: Callable[[str], None
     return {"heldout_perplexity": report.heldout_perplexity, "parameters": report.num_parameters}
 
 
-def recipe_config(work: Path, s: RecipeSettings, *, resume: bool = False) -> Any:
-    """The `sana train` config of the transformer stage: `RECIPE_CONFIG` pointed at this run's parts."""
+def recipe_config(
+    work: Path, s: RecipeSettings, *, resume: bool = False, overrides: dict[str, Any] | None = None
+) -> Any:
+    """The `sana train` config of the transformer stage: `RECIPE_CONFIG` pointed at this run's parts; `overrides`
+    (dotted keys, as `sana train --key=value`) come last, e.g. to try another setting on the same parts."""
     from sana.config import load_config
 
     text = work / "text_encoder"
@@ -244,6 +268,7 @@ def recipe_config(work: Path, s: RecipeSettings, *, resume: bool = False) -> Any
             "train.seed": s.seed,
             "work_dir": str(work / "transformer"),
             **({"model.resume_from.checkpoint": "latest"} if resume else {}),
+            **(overrides or {}),
         },
     )
 
@@ -367,22 +392,58 @@ def _time_one(folder: Path) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------- record
 
 
-def _open_record(work: Path, settings: RecipeSettings) -> dict[str, Any]:
+def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = None) -> dict[str, Any]:
     path = work / RECIPE_FILE
     wanted = dataclasses.asdict(settings)
+    if redo_from is not None and redo_from not in STAGES:
+        raise ValueError(f"unknown stage {redo_from!r} to redo from; stages: {', '.join(STAGES)}")
     if path.is_file():
         record = json.loads(path.read_text())
         changed = {k: (record["settings"].get(k), v) for k, v in wanted.items() if record["settings"].get(k) != v}
-        if changed:
-            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ValueError(f"{work} holds a recipe run with other settings ({listed}); use another work folder")
-        record.setdefault("calls", []).append(_call())
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        if changed and redo_from is None:
+            first = STAGES[min(STAGES.index(first_stage_of(k)) for k in changed)]
+            raise ValueError(f"{work} holds a recipe run with other settings ({listed}); use another work folder, or "
+                             f"keep its stages before {first!r} with --redo-from {first}")  # fmt: skip
+        if redo_from is not None:
+            _forget_stages(work, record, redo_from, changed)
+            record["settings"] = wanted
+        record.setdefault("calls", []).append(
+            _call() | ({"redo_from": redo_from, "changed": listed} if redo_from else {})
+        )
         _write_json(path, record)
         return record
     machine = {"cpus": os.cpu_count(), "torch": torch.__version__}
     record = {"settings": wanted, "done": [], "seconds": {}, "results": {}, "machine": machine, "calls": [_call()]}
     _write_json(path, record)
     return record
+
+
+def first_stage_of(setting: str) -> str:
+    """The first stage whose output a `RecipeSettings` field changes (every later stage depends on it too)."""
+    for stage, names in STAGE_SETTINGS.items():
+        if setting in names:
+            return stage
+    raise KeyError(f"{setting!r} is not a RecipeSettings field")
+
+
+def _forget_stages(work: Path, record: dict[str, Any], redo_from: str, changed: dict[str, Any]) -> None:
+    """Drop `redo_from` and every later stage from the record and delete their outputs; refuse if a changed
+    setting also changes an earlier stage (its output would no longer match the settings)."""
+    start = STAGES.index(redo_from)
+    early = {k: first_stage_of(k) for k in changed if STAGES.index(first_stage_of(k)) < start}
+    if early:
+        listed = ", ".join(f"{k} (stage {stage!r})" for k, stage in early.items())
+        first = STAGES[min(STAGES.index(stage) for stage in early.values())]
+        raise ValueError(f"--redo-from {redo_from} keeps stages that these changed settings affect: {listed}; "
+                         f"redo from {first!r} or use another work folder")  # fmt: skip
+    for stage in STAGES[start:]:
+        for folder in STAGE_OUTPUTS.get(stage, ()):
+            shutil.rmtree(work / folder, ignore_errors=True)
+    redone = set(STAGES[start:]) | {"card"}
+    record["done"] = [stage for stage in record["done"] if stage not in redone]
+    for key in ("seconds", "results"):
+        record[key] = {stage: value for stage, value in record[key].items() if stage not in redone}
 
 
 def _call() -> dict[str, Any]:
@@ -435,6 +496,14 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v:.3f} | {counts.get(k, '')} |" for k, v in scores.items()) or "| (none) | | |"
     stage_rows = "\n".join(f"| {k} | {seconds.get(k, 0.0) / 60:.1f} |" for k in STAGES if k in seconds)
     split = ", ".join(f"{k} {v:.3f} s" for k, v in timing.items() if k != "total")
+    redos = [c["redo_from"] for c in record.get("calls", []) if c.get("redo_from")]
+    redone = ""
+    if redos:
+        redone = (
+            f"\n- Stages from `{redos[-1]}` on redone (`--redo-from {redos[-1]}`) after a settings change "
+            f"({_last_change(record)}); the earlier stages, with unchanged settings, are the first call's."
+        )
+    caption_norm = _training_setting(export, "text_encoder", "y_norm_scale_factor")
     return f"""# sana-shapes-256: the embedded default model
 
 A tiny Sana (Linear DiT + f32 DC-AE + Gemma-2 text encoder) trained from scratch on this repository's synthetic
@@ -463,7 +532,8 @@ Folder size: {size / 2**20:.1f} MiB (safetensors; the transformer stored in bf16
 - Text encoder: causal-LM pretraining, {s["lm_steps"]} steps of 64 captions; held-out perplexity
   {results.get("text_encoder", {}).get("heldout_perplexity", float("nan")):.2f}.
 - Transformer: {s["dit_steps"]} steps, batch {s["dit_batch_size"]}, AdamW lr {s["dit_lr"]}, flow matching with
-  logit-normal timesteps, 10% caption dropout (CFG), EMA weights shipped.
+  logit-normal timesteps, 10% caption dropout (CFG), caption RMSNorm started at {caption_norm}, EMA weights
+  shipped.{redone}
 
 | stage | minutes |
 |---|---|
@@ -495,6 +565,20 @@ sana train-embedded --work-dir runs/embedded
 writes the same folder to `runs/embedded/model` (every stage is resumable; `recipe.json` records the settings
 and the seconds per stage). Same settings and thread count give the same weights on the same machine.
 """
+
+
+def _last_change(record: dict[str, Any]) -> str:
+    return next(c["changed"] for c in reversed(record["calls"]) if c.get("redo_from"))
+
+
+def _training_setting(export: Path, section: str, name: str) -> Any:
+    """One value of the exported `training_config.yaml` ("?" when the folder has none)."""
+    import yaml
+
+    path = export / "training_config.yaml"
+    if not path.is_file():
+        return "?"
+    return (yaml.safe_load(path.read_text()) or {}).get(section, {}).get(name, "?")
 
 
 def _write_card(export: Path, record: dict[str, Any]) -> None:

@@ -8,7 +8,8 @@ Usage:
 
 `evaluate_ground_truth()` scores the world's own renderings (the evaluator's accuracy, ~1.0);
 `validate_detector()` measures the detector alone, clean or perturbed; `reconstruction_scores` gives an
-autoencoder's PSNR/SSIM on `heldout_images(n)`; `sample_grid` tiles images into one picture.
+autoencoder's PSNR/SSIM on `heldout_images(n)`; `text_gain` tells whether a transformer uses its prompt at all;
+`sample_grid` tiles images into one picture.
 """
 
 from .detector import PERTURBATIONS, Detection, detect, validate_detector
@@ -26,6 +27,7 @@ from .shapes import (
     relation_holds,
     sample_grid,
     score,
+    text_gain,
 )
 
 __all__ = (
@@ -45,7 +47,8 @@ __all__ = (
     "evaluate_ground_truth",
     "score",
     "relation_holds",
-    # autoencoder report and grids
+    # autoencoder and transformer diagnostics, grids
+    "text_gain",
     "heldout_images",
     "reconstruction_scores",
     "sample_grid",

@@ -1,0 +1,205 @@
+"""How the embedded model's transformer recipe was chosen: `sana train` runs on one recipe run's parts, compared.
+
+Every variant trains the recipe's Linear DiT (`configs/embedded/Sana_Shapes_img256.yaml` through
+`sana.embedded.recipe_config`) on the same feature cache, autoencoder and text encoder, with some settings
+overridden, then reports:
+
+- `text_gain`: how much the model uses its prompt: the flow-matching loss with the null caption divided by the
+  loss with the real caption, on 512 training samples at t = 0.5, 0.7 and 0.9 (fixed noise). 1.00 means the
+  prompt is ignored. The first shipped transformer scored 1.01 here;
+- `caption_norm`: the mean |weight| of the caption RMSNorm (`attention_y_norm`; Sana initialises it at 0.01):
+  how loud the prompt is in every cross-attention;
+- the `sana eval shapes` scores (GenEval-style, held-out prompts, 20 steps, CFG 4.5, PAG off) of its EMA weights.
+
+The CPU cost of a variant is its steps times the recipe's measured 0.92 s per step (2 threads; every variant has
+the same graph and batch), so variants with more steps are marked with their CPU minutes.
+
+    sana train-embedded --work-dir runs/embedded       # any finished (or stopped after `features`) recipe run
+    python benchmarks/dit_recipe_sweep.py runs/embedded                  # every variant at once, one process each
+    python benchmarks/dit_recipe_sweep.py runs/embedded --only base --steps 20 --prompts 12 --device cpu
+
+Prints the table and writes it with every variant's numbers to WORK/sweep/report.{md,json}; the runs behind the
+recipe's current settings are in docs/benchmarks/dit_recipe_sweep.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CPU_SECONDS_PER_STEP = 0.92  # the recipe's transformer stage on this project's 2-core CPU (runs/embedded3)
+TEXT_GAIN_TIMES = (0.5, 0.7, 0.9)
+TEXT_GAIN_SAMPLES = 512
+
+# name → {"steps": optimizer steps, dotted `sana train` overrides...}
+VARIANTS: dict[str, dict] = {
+    "base": {"steps": 1800},  # the shipped recipe: caption norm at 0.01, lr 1e-3
+    "ynorm0.1": {"steps": 1800, "text_encoder.y_norm_scale_factor": 0.1},
+    "ynorm1": {"steps": 1800, "text_encoder.y_norm_scale_factor": 1.0},
+    "lr3e-4": {"steps": 1800, "train.optimizer.lr": 3e-4},
+    "ynorm1_lr3e-4": {"steps": 1800, "text_encoder.y_norm_scale_factor": 1.0, "train.optimizer.lr": 3e-4},
+    "ynorm1_lr2e-3": {"steps": 1800, "text_encoder.y_norm_scale_factor": 1.0, "train.optimizer.lr": 2e-3},
+    "base_3000": {"steps": 3000},
+    "ynorm1_3000": {"steps": 3000, "text_encoder.y_norm_scale_factor": 1.0},
+    "ynorm1_lr3e-4_3000": {"steps": 3000, "text_encoder.y_norm_scale_factor": 1.0, "train.optimizer.lr": 3e-4},
+    "ynorm1_tmean0.5": {"steps": 1800, "text_encoder.y_norm_scale_factor": 1.0, "scheduler.logit_mean": 0.5},
+}
+
+
+def text_gain(model, features: Path, scaling: float, device: str) -> float:
+    """Null-caption loss / real-caption loss (mean over `TEXT_GAIN_TIMES`) on square-bucket cache samples."""
+    from sana_data import FeatureCache
+
+    cache = FeatureCache(features)
+    keys = [k for k in cache.sample_keys() if cache.entries[k]["bucket"] == "1.0"][:TEXT_GAIN_SAMPLES]
+    x0 = torch.stack([cache.latent(k) for k in keys]).to(device) * scaling  # (N, C_z, h, w)
+    pairs = [cache.text(k, "prompt") for k in keys]
+    text = torch.stack([t for t, _ in pairs]).to(device)  # (N, L, D_txt)
+    mask = torch.stack([m for _, m in pairs]).to(device)  # (N, L)
+    null = model.y_embedder.y_embedding[None].to(text).expand_as(text)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    ratios = []
+    with torch.no_grad():
+        for t in TEXT_GAIN_TIMES:
+            tt = torch.full((len(keys),), t, device=device)
+            x_t, target = (1 - t) * x0 + t * noise, noise - x0
+            cond = (model(x_t, tt, text, mask) - target).pow(2).mean()
+            uncond = (model(x_t, tt, null, mask) - target).pow(2).mean()
+            ratios.append(float(uncond / cond))
+    return sum(ratios) / len(ratios)
+
+
+def run_variant(name: str, work: Path, device: str, steps: int | None, prompts: int, cap: float | None) -> dict:
+    """Train (for at most `cap` seconds), export and score one variant in `work/sweep/<name>` (a rerun starts it
+    over)."""
+    from linear_dit import load_linear_dit
+    from sana.embedded import RecipeSettings, export_pipeline, recipe_config
+    from sana.eval import eval_prompts, evaluate
+    from sana.pipeline import SanaPipeline
+    from sana.train.checkpoint import list_checkpoints
+    from sana.train.loop import train
+
+    v = dict(VARIANTS[name])
+    steps = steps or v.pop("steps")
+    v.pop("steps", None)
+    folder = work / "sweep" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    overrides = {"work_dir": str(folder / "transformer"), "train.max_steps": steps, **v}
+    if cap:
+        overrides["train.training_hours"] = cap / 3600
+    cfg = recipe_config(work, RecipeSettings(), overrides=overrides)
+    started = time.perf_counter()
+    with torch.inference_mode(False), torch.enable_grad():
+        done = train(cfg).state.step
+    seconds = time.perf_counter() - started
+    export = folder / "model"
+    export_pipeline(cfg, list_checkpoints(cfg.work_dir)[-1], export, flow_shift=cfg.scheduler.flow_shift)
+    model = load_linear_dit(export / "transformer").float().to(device).eval()
+    scaling = json.loads((export / "vae" / "config.json").read_text())["config"]["scaling_factor"]
+    gain = text_gain(model, work / "features", scaling, device)
+    norm = float(model.attention_y_norm.weight.detach().abs().mean())
+    del model
+    pipe = SanaPipeline.from_pretrained(export, device=device, dtype=torch.float32)
+
+    def generate(texts: list[str], seed: int) -> list:
+        return pipe(texts, num_inference_steps=20, guidance_scale=4.5, pag_guidance_scale=1.0, seed=seed,
+                    output_type="pil", progress=False)  # fmt: skip
+
+    report = evaluate(generate, eval_prompts(prompts, seed=0), batch_size=50)
+    return {"name": name, "settings": VARIANTS[name], "steps": done, "target_steps": steps,
+            "train_seconds": round(seconds, 1), "cpu_minutes": round(steps * CPU_SECONDS_PER_STEP / 60, 1),
+            "text_gain": round(gain, 4),
+            "caption_norm": round(norm, 4), "scores": {**report.scores, "overall": report.overall}}  # fmt: skip
+
+
+def prepare(work: Path, device: str) -> None:
+    """Build the feature cache of `work` on `device` if it is missing (data/, autoencoder/, text_encoder/ needed)."""
+    from sana.embedded import RecipeSettings, recipe_config
+    from sana.features import encode_latents
+
+    if (work / "features" / "index.json").is_file():
+        return
+    missing = [p for p in ("data", "autoencoder/model", "text_encoder") if not (work / p).exists()]
+    if missing:
+        raise SystemExit(f"{work} lacks {', '.join(missing)}: run `sana train-embedded --work-dir {work}` first")
+    encode_latents(recipe_config(work, RecipeSettings()), work / "features", batch_size=256, device=device)
+
+
+def _table(rows: list[dict]) -> str:
+    cats = ("single_object", "two_objects", "counting", "colors", "position", "color_attr")
+    lines = [
+        "| variant | steps | CPU min | text gain | caption norm | " + " | ".join(cats) + " | overall |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(cats) + "---:|",
+    ]
+    for r in rows:
+        s = r["scores"]
+        steps = r["steps"] if r["steps"] == r["target_steps"] else f"{r['steps']} of {r['target_steps']}"
+        lines.append(f"| {r['name']} | {steps} | {r['cpu_minutes']} | {r['text_gain']:.3f} | "
+                     f"{r['caption_norm']:.4f} | " + " | ".join(f"{s[c]:.2f}" for c in cats) +
+                     f" | **{s['overall']:.3f}** |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("work", type=Path, help="a recipe work folder (data/, autoencoder/, text_encoder/)")
+    parser.add_argument("--only", help="comma-separated variant names (default: all)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, help="override every variant's steps (a quick check)")
+    parser.add_argument("--prompts", type=int, default=300, help="held-out eval prompts per variant")
+    parser.add_argument("--cap", type=float, help="stop each variant's training after this many seconds")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    work = args.work.resolve()
+    if args.worker:  # one variant in this process, result as JSON on the given path
+        torch.set_num_threads(1 if args.device == "cuda" else 2)
+        name, path = args.worker.split(":", 1)
+        Path(path).write_text(json.dumps(run_variant(name, work, args.device, args.steps, args.prompts, args.cap)))
+        return
+    prepare(work, args.device)
+    results = work / "sweep"
+    results.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable,
+        __file__,
+        str(work),
+        "--device",
+        args.device,
+        "--prompts",
+        str(args.prompts),
+        *(["--steps", str(args.steps)] if args.steps else []),
+        *(["--cap", str(args.cap)] if args.cap else []),
+    ]
+    jobs = [(n, results / f"{n}.json") for n in names]
+    for _, path in jobs:
+        path.unlink(missing_ok=True)
+    procs = [subprocess.Popen([*command, "--worker", f"{n}:{p}"], env=env) for n, p in jobs]
+    failed = [n for (n, _), p in zip(jobs, procs) if p.wait()]
+    rows = [json.loads(p.read_text()) for n, p in jobs if n not in failed]
+    table = _table(rows)
+    print(table)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    report = {"device": device, "work": str(work), "prompts": args.prompts, "cap_seconds": args.cap, "variants": rows}
+    (results / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results / "report.md").write_text(
+        f"Device: {device}; {args.prompts} held-out prompts; cap {args.cap} s.\n\n{table}\n"
+    )
+    if failed:
+        raise SystemExit(f"variants failed: {', '.join(failed)} (see their output above)")
+
+
+if __name__ == "__main__":
+    main()
