@@ -85,9 +85,9 @@ class RecipeSettings:
     ae_lr: float = 1e-3  # 2e-3 with L1 alone collapsed every shape to a dark blob
     ae_latent_weight: float = 1e-2  # mean(z²) penalty: without it the latents grew to RMS ~280 and colours were lost
     lm_steps: int = 600  # text-encoder pretraining steps (batch 64)
-    dit_steps: int = 1800  # Linear DiT optimizer steps
+    dit_steps: int = 3000  # Linear DiT optimizer steps
     dit_batch_size: int = 32
-    dit_lr: float = 1e-3
+    dit_lr: float = 3e-4  # 1e-3 let the prompt's influence fade (benchmarks/dit_recipe_sweep.py)
     eval_prompts: int = 300  # held-out prompts for the GenEval-style score (0: no eval stage)
     eval_steps: int = 20  # solver steps of the eval images
     ae_eval_images: int = 32  # held-out images for the autoencoder's PSNR/SSIM
