@@ -99,10 +99,10 @@ def benchmarks(session: nox.Session) -> None:
     """Run the benchmarks (not part of the default sessions); writes JSON/Markdown/PNG into docs/.
 
     The recipe sweeps (`*_recipe_sweep.py`) need a recipe run's folder and a GPU: run them by hand (their
-    docstrings say how)."""
+    docstrings say how). `_*.py` are helpers of the others."""
     _install_all(session)
     session.install("matplotlib>=3.8")
-    scripts = sorted(str(p) for p in (ROOT / "benchmarks").glob("*.py") if not p.name.endswith("_recipe_sweep.py"))
+    scripts = sorted(str(p) for p in (ROOT / "benchmarks").glob("[!_]*.py") if not p.name.endswith("_recipe_sweep.py"))
     for script in session.posargs or scripts:
         session.run("python", script)
 

@@ -27,8 +27,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _sweep import fan_out, pick
 from PIL import Image
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
@@ -226,10 +225,7 @@ def main() -> None:
     parser.add_argument("--measure", action="store_true", help="CPU seconds per step of each variant (2 threads)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else list(VARIANTS)
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    names = pick(args.only, VARIANTS)
     if args.worker:  # one variant in this process, result as JSON on the given path
         torch.set_num_threads(1)
         name, path = args.worker.split(":", 1)
@@ -242,13 +238,10 @@ def main() -> None:
             print(json.dumps(train(name, data, "cpu", steps=8, timing=True)), flush=True)
         return
     with tempfile.TemporaryDirectory() as tmp:  # every variant at once, one process each (small models)
-        jobs = [(n, Path(tmp) / f"{n}.json") for n in names]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, __file__, str(args.data), "--device", args.device, "--worker"]
-        procs = [subprocess.Popen([*command, f"{n}:{p}"], env=env) for n, p in jobs]
-        if any(p.wait() for p in procs):
-            raise SystemExit("a variant failed (see its output above)")
-        rows = [json.loads(p.read_text()) for _, p in jobs]
+        command = [sys.executable, __file__, str(args.data), "--device", args.device]
+        rows, failed = fan_out(command, names, Path(tmp))
+    if failed:
+        raise SystemExit(f"variants failed: {', '.join(failed)} (see their output above)")
     table = _table(rows)
     print(table)
     if not args.only:

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _sweep import fan_out, pick
 
 CPU_SECONDS_PER_STEP = 0.92  # the recipe's transformer stage on this project's 2-core CPU (runs/embedded3)
 TEXT_GAIN_TIMES = (0.5, 0.7, 0.9)
@@ -54,33 +53,26 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def text_gain(model, features: Path, scaling: float, device: str) -> float:
+def text_gain(model, autoencoder, features: Path, device: str) -> float:
     """Null-caption loss / real-caption loss (mean over `TEXT_GAIN_TIMES`) on square-bucket cache samples."""
+    from sana._compose import to_diffusion_latents
+    from sana.eval import prompt_losses
     from sana_data import FeatureCache
 
     cache = FeatureCache(features)
     keys = [k for k in cache.sample_keys() if cache.entries[k]["bucket"] == "1.0"][:TEXT_GAIN_SAMPLES]
-    x0 = torch.stack([cache.latent(k) for k in keys]).to(device) * scaling  # (N, C_z, h, w)
+    x0 = to_diffusion_latents(autoencoder, torch.stack([cache.latent(k) for k in keys]).to(device))  # (N, C_z, h, w)
     pairs = [cache.text(k, "prompt") for k in keys]
     text = torch.stack([t for t, _ in pairs]).to(device)  # (N, L, D_txt)
     mask = torch.stack([m for _, m in pairs]).to(device)  # (N, L)
-    null = model.y_embedder.y_embedding[None].to(text).expand_as(text)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(device)
-    ratios = []
-    with torch.no_grad():
-        for t in TEXT_GAIN_TIMES:
-            tt = torch.full((len(keys),), t, device=device)
-            x_t, target = (1 - t) * x0 + t * noise, noise - x0
-            cond = (model(x_t, tt, text, mask) - target).pow(2).mean()
-            uncond = (model(x_t, tt, null, mask) - target).pow(2).mean()
-            ratios.append(float(uncond / cond))
-    return sum(ratios) / len(ratios)
+    losses = prompt_losses(model, x0, text, mask, model.y_embedder.y_embedding, noise, TEXT_GAIN_TIMES)
+    return sum(empty / real for real, empty in losses.values()) / len(losses)
 
 
 def run_variant(name: str, work: Path, device: str, steps: int | None, prompts: int, cap: float | None) -> dict:
     """Train (for at most `cap` seconds), export and score one variant in `work/sweep/<name>` (a rerun starts it
     over)."""
-    from linear_dit import load_linear_dit
     from sana.embedded import RecipeSettings, export_pipeline, recipe_config
     from sana.eval import eval_prompts, evaluate
     from sana.pipeline import SanaPipeline
@@ -102,12 +94,9 @@ def run_variant(name: str, work: Path, device: str, steps: int | None, prompts: 
     seconds = time.perf_counter() - started
     export = folder / "model"
     export_pipeline(cfg, list_checkpoints(cfg.work_dir)[-1], export, flow_shift=cfg.scheduler.flow_shift)
-    model = load_linear_dit(export / "transformer").float().to(device).eval()
-    scaling = json.loads((export / "vae" / "config.json").read_text())["config"]["scaling_factor"]
-    gain = text_gain(model, work / "features", scaling, device)
-    norm = float(model.attention_y_norm.weight.detach().abs().mean())
-    del model
     pipe = SanaPipeline.from_pretrained(export, device=device, dtype=torch.float32)
+    gain = text_gain(pipe.denoiser, pipe.autoencoder, work / "features", device)
+    norm = float(pipe.denoiser.attention_y_norm.weight.detach().abs().mean())
 
     def generate(texts: list[str], seed: int) -> list:
         return pipe(texts, num_inference_steps=20, guidance_scale=4.5, pag_guidance_scale=1.0, seed=seed,
@@ -158,10 +147,7 @@ def main() -> None:
     parser.add_argument("--cap", type=float, help="stop each variant's training after this many seconds")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else list(VARIANTS)
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    names = pick(args.only, VARIANTS)
     work = args.work.resolve()
     if args.worker:  # one variant in this process, result as JSON on the given path
         torch.set_num_threads(1 if args.device == "cuda" else 2)
@@ -171,24 +157,9 @@ def main() -> None:
     prepare(work, args.device)
     results = work / "sweep"
     results.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        __file__,
-        str(work),
-        "--device",
-        args.device,
-        "--prompts",
-        str(args.prompts),
-        *(["--steps", str(args.steps)] if args.steps else []),
-        *(["--cap", str(args.cap)] if args.cap else []),
-    ]
-    jobs = [(n, results / f"{n}.json") for n in names]
-    for _, path in jobs:
-        path.unlink(missing_ok=True)
-    procs = [subprocess.Popen([*command, "--worker", f"{n}:{p}"], env=env) for n, p in jobs]
-    failed = [n for (n, _), p in zip(jobs, procs) if p.wait()]
-    rows = [json.loads(p.read_text()) for n, p in jobs if n not in failed]
+    command = [sys.executable, __file__, str(work), "--device", args.device, "--prompts", str(args.prompts)]
+    command += [*(["--steps", str(args.steps)] if args.steps else []), *(["--cap", str(args.cap)] if args.cap else [])]
+    rows, failed = fan_out(command, names, results)
     table = _table(rows)
     print(table)
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device

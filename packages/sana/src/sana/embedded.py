@@ -496,12 +496,12 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v:.3f} | {counts.get(k, '')} |" for k, v in scores.items()) or "| (none) | | |"
     stage_rows = "\n".join(f"| {k} | {seconds.get(k, 0.0) / 60:.1f} |" for k in STAGES if k in seconds)
     split = ", ".join(f"{k} {v:.3f} s" for k, v in timing.items() if k != "total")
-    redos = [c["redo_from"] for c in record.get("calls", []) if c.get("redo_from")]
+    redo = next((c for c in reversed(record.get("calls", [])) if c.get("redo_from")), None)
     redone = ""
-    if redos:
+    if redo:
         redone = (
-            f"\n- Stages from `{redos[-1]}` on redone (`--redo-from {redos[-1]}`) after a settings change "
-            f"({_last_change(record)}); the earlier stages, with unchanged settings, are the first call's."
+            f"\n- Stages from `{redo['redo_from']}` on redone (`--redo-from {redo['redo_from']}`) after a settings "
+            f"change ({redo['changed']}); the earlier stages, with unchanged settings, are the first call's."
         )
     caption_norm = _training_setting(export, "text_encoder", "y_norm_scale_factor")
     return f"""# sana-shapes-256: the embedded default model
@@ -565,10 +565,6 @@ sana train-embedded --work-dir runs/embedded
 writes the same folder to `runs/embedded/model` (every stage is resumable; `recipe.json` records the settings
 and the seconds per stage). Same settings and thread count give the same weights on the same machine.
 """
-
-
-def _last_change(record: dict[str, Any]) -> str:
-    return next(c["changed"] for c in reversed(record["calls"]) if c.get("redo_from"))
 
 
 def _training_setting(export: Path, section: str, name: str) -> Any:

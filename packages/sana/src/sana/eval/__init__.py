@@ -23,6 +23,7 @@ from .shapes import (
     evaluate,
     evaluate_ground_truth,
     heldout_images,
+    prompt_losses,
     reconstruction_scores,
     relation_holds,
     sample_grid,
@@ -49,6 +50,7 @@ __all__ = (
     "relation_holds",
     # autoencoder and transformer diagnostics, grids
     "text_gain",
+    "prompt_losses",
     "heldout_images",
     "reconstruction_scores",
     "sample_grid",

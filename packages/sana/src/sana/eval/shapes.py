@@ -372,6 +372,33 @@ def reconstruction_scores(
 
 
 @torch.inference_mode()
+def prompt_losses(
+    denoiser: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    null: torch.Tensor,
+    noise: torch.Tensor,
+    times: Sequence[float],
+) -> dict[float, tuple[float, float]]:
+    """The training loss (`sana.train.objective.loss_fn`) at each time t, with the real captions and with the null
+    caption in their place (keeping each prompt's mask, as caption dropout does): `{t: (real, null)}`.
+
+    x0 (B, C_z, h, w) diffusion-scale latents, text (B, L, D_txt), mask (B, L), null (L, D_txt) or (1, L, D_txt),
+    noise like x0.
+    """
+    from sana.train.objective import loss_fn
+
+    empty = null.to(text).reshape(1, *text.shape[1:]).expand_as(text)
+    out = {}
+    for t in times:
+        tt = torch.full((x0.shape[0],), float(t), device=x0.device)
+        out[float(t)] = (float(loss_fn(denoiser, x0, text, mask, noise, tt)),
+                         float(loss_fn(denoiser, x0, empty, mask, noise, tt)))  # fmt: skip
+    return out
+
+
+@torch.inference_mode()
 def text_gain(
     denoiser: Callable[..., torch.Tensor],
     autoencoder: Any,
@@ -385,10 +412,9 @@ def text_gain(
     images with the null caption, divided by the loss with their own captions (mean over `times`).
 
     1.0 means the prompt changes nothing (an unconditional model); the first embedded transformer, whose caption
-    RMSNorm had shrunk to 0.005, measured 1.00. Images are encoded by `autoencoder` (raw latents times its
-    `scaling_factor`, as in training), captions by `text_encoder.encode`, the null caption is
-    `text_encoder.null_embedding()` with each prompt's own mask (the training's caption dropout), and the noise of
-    image i is drawn from `seed + i`.
+    RMSNorm had shrunk to 0.005, measured 1.00. Images are encoded by `autoencoder` into diffusion-scale latents
+    (as in training), captions by `text_encoder.encode`, the null caption is `text_encoder.null_embedding()`
+    (`prompt_losses`), and the noise of image i is drawn from `seed + i`.
 
     Args:
         denoiser: `denoiser(x, t, text, mask)` -> velocity, e.g. `pipe.denoiser`.
@@ -397,27 +423,25 @@ def text_gain(
     Returns:
         `{"text_gain", "per_time": {t: ratio}, "images"}`.
     """
+    from sana._compose import to_diffusion_latents
+
     if n < 1 or not times:
         raise ValueError(f"need n >= 1 and at least one time, got n={n}, times={tuple(times)}")
     if not all(0.0 < t <= 1.0 for t in times):
         raise ValueError(f"times must lie in (0, 1], got {tuple(times)}")
     device = next(iter(denoiser.parameters())).device if hasattr(denoiser, "parameters") else torch.device("cpu")
-    null = text_encoder.null_embedding().embeddings  # (1, L, D_txt)
-    cond_sum, null_sum = dict.fromkeys(times, 0.0), dict.fromkeys(times, 0.0)
-    for index in range(n):
+    null = text_encoder.null_embedding().embeddings.float().to(device)  # (1, L, D_txt)
+    real_sum, null_sum = dict.fromkeys(map(float, times), 0.0), dict.fromkeys(map(float, times), 0.0)
+    for index in range(n):  # one image at a time: the held-out scenes come in several sizes
         scene = sample_scene(seed, index, split="heldout")
-        x = _to_tensor(render(scene)).to(device)  # (1, 3, H, W)
-        x0 = autoencoder.encode(x).float() * autoencoder.scaling_factor  # (1, C_z, h, w)
+        x0 = to_diffusion_latents(autoencoder, autoencoder.encode(_to_tensor(render(scene)).to(device)).float())
         text, mask = text_encoder.encode([captions(scene)["prompt"]])  # (1, L, D_txt), (1, L)
-        text, mask = text.float().to(device), mask.to(device)
-        empty = null.float().to(device).expand_as(text)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + index)).to(device)
-        for t in times:
-            x_t, target = (1 - t) * x0 + t * noise, noise - x0
-            tt = torch.full((1,), float(t), device=device)
-            cond_sum[t] += float((denoiser(x_t, tt, text, mask).float() - target).pow(2).mean())
-            null_sum[t] += float((denoiser(x_t, tt, empty, mask).float() - target).pow(2).mean())
-    per_time = {float(t): null_sum[t] / cond_sum[t] for t in times}
+        for t, (real, empty) in prompt_losses(denoiser, x0, text.float().to(device), mask.to(device), null, noise,
+                                              times).items():  # fmt: skip
+            real_sum[t] += real
+            null_sum[t] += empty
+    per_time = {t: null_sum[t] / real_sum[t] for t in real_sum}
     return {"text_gain": sum(per_time.values()) / len(per_time), "per_time": per_time, "images": n}
 
 
