@@ -85,8 +85,8 @@ def run_variant(name: str, work: Path, device: str, steps: int | None, prompts: 
     from sana.train.loop import train
 
     v = dict(VARIANTS[name])
-    steps = steps or v.pop("steps")
-    v.pop("steps", None)
+    steps = steps or v["steps"]
+    del v["steps"]
     folder = work / "sweep" / name
     shutil.rmtree(folder, ignore_errors=True)
     overrides = {"work_dir": str(folder / "transformer"), "train.max_steps": steps, **v}

@@ -387,9 +387,10 @@ def prompt_losses(
     x0 (B, C_z, h, w) diffusion-scale latents, text (B, L, D_txt), mask (B, L), null (L, D_txt) or (1, L, D_txt),
     noise like x0.
     """
-    from sana.train.objective import loss_fn
+    from sana.train.objective import drop_captions, loss_fn
 
-    empty = null.to(text).reshape(1, *text.shape[1:]).expand_as(text)
+    every = torch.ones(text.shape[0], dtype=torch.bool)
+    empty, _ = drop_captions(text, mask, null.reshape(text.shape[1:]), every)  # the training's caption dropout, on all
     out = {}
     for t in times:
         tt = torch.full((x0.shape[0],), float(t), device=x0.device)
