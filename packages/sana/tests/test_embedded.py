@@ -116,6 +116,8 @@ def test_the_recipe_runs_every_stage_resumes_and_refuses_other_settings(tmp_path
     assert (model / "README.md").is_file() and (model / "recipe.json").is_file()
     assert set(record["results"]["eval"]["scores"]) >= {"overall", "position", "counting"}
     assert record["results"]["autoencoder"]["psnr"] is not None
+    gain = record["results"]["eval"]["transformer"]["text_gain"]
+    assert gain > 0 and f"Text gain {gain:.3f}" in (model / "README.md").read_text()
     stored = {p.name: p for p in (model / "transformer").glob("*.safetensors")}
     from safetensors import safe_open
 

@@ -311,7 +311,7 @@ def _stage_eval(work: Path, s: RecipeSettings, export: Path, say: Callable[[str]
     shutil.copyfile(out / "grid.png", export / "samples.png")
     scores = {**report["scores"], "overall": report["overall"]}
     return {"scores": scores, "counts": report["counts"], "autoencoder": report["autoencoder"],
-            "timing": _time_one(export)}  # fmt: skip
+            "transformer": report["transformer"], "timing": _time_one(export)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------- export
@@ -487,6 +487,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     s, seconds, results = record["settings"], record["seconds"], record["results"]
     ev = results.get("eval", {})
     scores, ae, timing = ev.get("scores") or {}, ev.get("autoencoder") or {}, ev.get("timing") or {}
+    gain = (ev.get("transformer") or {}).get("text_gain", float("nan"))
     train_stages = ("data", "autoencoder", "text_encoder", "features", "transformer", "export")
     train_seconds = sum(seconds.get(k, 0.0) for k in train_stages)
     parts = {name: _parameters(export / name) for name in ("transformer", "vae", "text_encoder")}
@@ -550,6 +551,9 @@ Training stages total: **{train_seconds / 60:.1f} min** (eval not included).
 Autoencoder on {s["ae_eval_images"]} held-out images: PSNR {ae.get("psnr", float("nan")):.2f} dB, SSIM
 {ae.get("ssim", float("nan")):.4f}; the detector finds the original's objects in
 {ae.get("detector_agreement", float("nan")):.1%} of its reconstructions (the ceiling it puts on the scores above).
+
+Text gain {gain:.3f}: the transformer's loss on held-out images with the null caption over its loss with their own
+captions (1.0 would mean it ignores the prompt; `sana eval shapes`).
 
 One 256² image, 20 steps, CFG 4.5 and PAG 2.5 (the pipeline defaults: three transformer passes per step), fp32
 on this CPU: {timing.get("total", float("nan")):.3f} s ({split}).
