@@ -258,6 +258,42 @@ def test_hidden_size_mismatch(tokenizer) -> None:
     assert TextEncoder(model, tokenizer, expected_dim=48).embed_dim == 48
 
 
+def test_skip_layers_returns_the_stream_before_the_last_blocks(tokenizer) -> None:
+    """skip_layers=k is what the same model cut after its first n - k blocks, with no final norm, returns."""
+    import copy
+
+    model = tiny_gemma2(vocab_size=len(tokenizer), num_layers=3).get_decoder()
+    prompts = ["a cat on a mat", "a busy city street at dusk"]
+    last = TextEncoder(model, tokenizer, max_length=40).encode(prompts)
+    for k in (1, 2):
+        cut = copy.deepcopy(model)
+        cut.layers = cut.layers[: 3 - k]
+        cut.config.num_hidden_layers = 3 - k
+        cut.norm = torch.nn.Identity()
+        expected = TextEncoder(cut, tokenizer, max_length=40).encode(prompts)
+        got = TextEncoder(model, tokenizer, max_length=40, skip_layers=k).encode(prompts)
+        assert torch.equal(got.mask, expected.mask) and torch.equal(got.mask, last.mask)
+        torch.testing.assert_close(got.embeddings, expected.embeddings, rtol=0, atol=1e-6)
+        assert not torch.allclose(got.embeddings, last.embeddings)
+    assert torch.equal(TextEncoder(model, tokenizer, max_length=40, skip_layers=0).encode(prompts).embeddings,
+                       last.embeddings)  # fmt: skip
+
+
+def test_skip_layers_is_part_of_the_cache_identity(tokenizer) -> None:
+    model = tiny_gemma2(vocab_size=len(tokenizer), num_layers=3).get_decoder()
+    plain = TextEncoder(model, tokenizer).fingerprint()
+    assert "skip_layers" not in plain  # 0 keeps the keys of caches written before the option existed
+    assert TextEncoder(model, tokenizer, skip_layers=2).fingerprint() == {**plain, "skip_layers": "2"}
+
+
+@pytest.mark.parametrize(("skip", "match"), [(-1, "an int >= 0"), (True, "an int >= 0"), (1.0, "an int >= 0"),
+                                             (3, "leaves no block of this 3-layer model; use 0 to 2")])  # fmt: skip
+def test_bad_skip_layers(tokenizer, skip, match) -> None:
+    model = tiny_gemma2(vocab_size=len(tokenizer), num_layers=3).get_decoder()
+    with pytest.raises(ValueError, match=match):
+        TextEncoder(model, tokenizer, skip_layers=skip)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [({"max_length": 1}, "max_length"), ({"on_truncate": "x"}, "on_trunc")])
 def test_bad_settings(tokenizer, gemma_lm, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):

@@ -37,6 +37,9 @@ def test_loader_options(gemma_dir: Path) -> None:
     assert encoder.encode(["a cat"]).embeddings.shape == (1, 20, 32)
     with pytest.raises(ValueError, match="expects D_txt = 2304"):
         load_text_encoder(gemma_dir, expected_dim=2304)
+    assert load_text_encoder(gemma_dir, skip_layers=0).skip_layers == 0
+    with pytest.raises(ValueError, match="skip_layers=1 leaves no block of this 1-layer model"):
+        load_text_encoder(gemma_dir, skip_layers=1)
 
 
 def test_local_revision_follows_the_files(tmp_path: Path) -> None:

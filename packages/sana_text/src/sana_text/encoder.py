@@ -70,6 +70,17 @@ def _warn_on_cast_rope(model: Any) -> None:
         )
 
 
+def _check_skip_layers(skip_layers: object, model: Any) -> int:
+    layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "num_layers", None)
+    if isinstance(skip_layers, bool) or not isinstance(skip_layers, int) or skip_layers < 0:
+        raise ValueError(f"skip_layers must be an int >= 0, got {skip_layers!r}")
+    if layers is not None and skip_layers >= layers:
+        raise ValueError(
+            f"skip_layers={skip_layers} leaves no block of this {layers}-layer model; use 0 to {layers - 1}"
+        )
+    return skip_layers
+
+
 def _hidden_size(model: Any) -> int:
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -97,6 +108,10 @@ class TextEncoder:
             raises ValueError here rather than a shape error deep inside the DiT.
         on_truncate: what to do when prompts exceed the budget: "warn" (PromptTruncatedWarning with the counts),
             "error" (ValueError) or "ignore".
+        skip_layers: which hidden state to return. 0 (Sana, and diffusers' `SanaPipeline`): the model's output, after
+            its final norm. k >= 1: the residual stream before the last k blocks, without the final norm, as
+            `clip_skip` / `hidden_state_skip_layer` elsewhere (Lumina uses 1, HunyuanVideo 2). A small LLM's last
+            layers keep mostly what predicts the next token; earlier ones keep more of each token's own word.
     """
 
     def __init__(
@@ -110,6 +125,7 @@ class TextEncoder:
         revision: str | None = None,
         expected_dim: int | None = None,
         on_truncate: Literal["warn", "error", "ignore"] = "warn",
+        skip_layers: int = 0,
     ) -> None:
         if not isinstance(max_length, int) or max_length < 2:
             raise ValueError(f"max_length must be an int >= 2 (BOS plus at least one token), got {max_length!r}")
@@ -126,6 +142,7 @@ class TextEncoder:
             )
         self.max_length = max_length
         self.on_truncate = on_truncate
+        self.skip_layers = _check_skip_layers(skip_layers, model)
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.revision = revision
         _warn_on_cast_rope(model)
@@ -227,7 +244,11 @@ class TextEncoder:
         device = self.device
         mask = tokens.attention_mask.to(device)
         kwargs: dict[str, Any] = {} if self.is_t5 else {"use_cache": False}
-        hidden = self.model(input_ids=tokens.input_ids.to(device), attention_mask=mask, **kwargs)[0]  # (B, L_all, D)
+        if self.skip_layers:
+            kwargs["output_hidden_states"] = True
+        out = self.model(input_ids=tokens.input_ids.to(device), attention_mask=mask, **kwargs)
+        # hidden_states[i]: the residual stream after i blocks (0: the embeddings), so -1 - k is k blocks earlier
+        hidden = out.hidden_states[-1 - self.skip_layers] if self.skip_layers else out[0]  # (B, L_all, D)
         if hidden.shape[-1] != self.embed_dim:
             raise ValueError(f"the model returned width {hidden.shape[-1]}, its config says {self.embed_dim}")
         return hidden, mask
@@ -255,6 +276,7 @@ class TextEncoder:
             "max_length": str(self.max_length),
             "dtype": str(self.dtype).removeprefix("torch."),
             "bos": "prepended" if self.prepend_bos else "tokenizer",
+            **({"skip_layers": str(self.skip_layers)} if self.skip_layers else {}),  # 0 keeps older caches' keys
         }
 
     # --- memory -----------------------------------------------------------------------------------------------
@@ -342,6 +364,7 @@ def load_text_encoder(
     revision: str | None = None,
     expected_dim: int | None = None,
     on_truncate: Literal["warn", "error", "ignore"] = "warn",
+    skip_layers: int = 0,
     **model_kwargs: Any,
 ) -> TextEncoder:
     """Load a decoder-only LLM as a Sana text encoder (only the decoder stack, via `AutoModel`; no LM head).
@@ -359,6 +382,7 @@ def load_text_encoder(
         revision: Hub revision; for local folders, a version string for the cache (default: derived from the files).
         expected_dim: the D_txt the caller needs, as in `TextEncoder`.
         on_truncate: "warn", "error" or "ignore", as in `TextEncoder`.
+        skip_layers: which hidden state, as in `TextEncoder` (0: the final one, Sana's).
         **model_kwargs: passed to `AutoModel.from_pretrained` (e.g. `attn_implementation="sdpa"`).
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -377,6 +401,7 @@ def load_text_encoder(
         revision=_revision_of(name_or_path, revision, config),
         expected_dim=expected_dim,
         on_truncate=on_truncate,
+        skip_layers=skip_layers,
     )
 
 

@@ -186,14 +186,19 @@ def _build(config: Any, seed: int, dtype: torch.dtype) -> PreTrainedModel:
 
 
 def tiny_gemma2(
-    *, vocab_size: int = 600, hidden_size: int = 32, seed: int = 0, dtype: torch.dtype = torch.float32
+    *,
+    vocab_size: int = 600,
+    hidden_size: int = 32,
+    num_layers: int = 1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
-    """A 1-layer random `Gemma2ForCausalLM`; `.get_decoder()` is the `Gemma2Model` Sana uses."""
+    """A random `Gemma2ForCausalLM` (1 layer by default); `.get_decoder()` is the `Gemma2Model` Sana uses."""
     from transformers import Gemma2Config
 
     config = Gemma2Config(
         vocab_size=vocab_size,
-        **{**_TINY, "hidden_size": hidden_size},
+        **{**_TINY, "hidden_size": hidden_size, "num_hidden_layers": num_layers},
         num_key_value_heads=1,
         head_dim=16,
         max_position_embeddings=1024,
