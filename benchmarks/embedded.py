@@ -6,7 +6,9 @@ and converted with `sana convert --to diffusers` for diffusers (CHI off and 32 t
 was trained). Each side is warmed up once, then the best and the median of `--repeats` calls are kept; ours reports
 its text / denoise / decode split through `pipe.timings`, diffusers' is timed by wrapping `encode_prompt` and
 `vae.decode`. Both start from the same initial latents, so the images are compared too (they differ slightly by
-design: diffusers' DPM scheduler feeds the transformer integer timesteps).
+design: diffusers' DPM scheduler feeds the transformer integer timesteps). The model encodes captions with
+`text_encoder.skip_layers` (an earlier hidden state than the last), which diffusers' pipeline has no setting for:
+its text encoder's forward is wrapped to return that same hidden state, so both sides compute the same thing.
 
 Writes docs/benchmarks/embedded.{json,md} and prints the table.
 
@@ -23,6 +25,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,11 +50,18 @@ def _ours(folder: Path):
     return call, pipe
 
 
-def _diffusers(folder: Path, max_length: int):
+def _diffusers(folder: Path, max_length: int, skip_layers: int):
     from diffusers import SanaPipeline
 
     pipe = SanaPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
+    if skip_layers:  # encode_prompt reads output [0]: make it the hidden state `skip_layers` blocks before the last
+        forward = pipe.text_encoder.forward
+
+        def skipping(*args, **kwargs):
+            return (forward(*args, **kwargs, output_hidden_states=True).hidden_states[-1 - skip_layers],)
+
+        pipe.text_encoder.forward = skipping
     marks: dict[str, float] = {}
     encode, decode = pipe.encode_prompt, pipe.vae.decode
 
@@ -107,13 +117,17 @@ def main() -> None:
 
     folder = default_model_path()
     max_length = json.loads((folder / "transformer" / "config.json").read_text())["config"]["text_length"]
+    settings = json.loads((folder / "sana_pipeline.json").read_text()).get("settings") or {}
+    skip_layers = int(settings.get("text_encoder.skip_layers", 0))
     latents = torch.randn(1, 32, SIZE // 32, SIZE // 32, generator=torch.Generator().manual_seed(0))
     rows = {}
     call, _ = _ours(folder)
     rows["ours-fp32"], ours = _time(call, latents, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        converted = convert(folder, Path(tmp) / "diffusers", "diffusers")
-        call, _ = _diffusers(converted, max_length)
+        with warnings.catch_warnings():  # the skip_layers warning: handled by _diffusers
+            warnings.simplefilter("ignore", UserWarning)
+            converted = convert(folder, Path(tmp) / "diffusers", "diffusers")
+        call, _ = _diffusers(converted, max_length, skip_layers)
         rows["diffusers-fp32"], theirs = _time(call, latents, args.repeats)
     ratio = rows["ours-fp32"]["total_s"] / rows["diffusers-fp32"]["total_s"]
     report = {

@@ -81,6 +81,7 @@ def main() -> None:
     print("| images | with an object | the named colour | the named shape | both |\n|---:|---:|---:|---:|---:|")
     print(f"| {s['images']} | {s['with_object']} | {s['colour']} | {s['shape']} | {s['both']} |")
     if model.resolve() == DEFAULT_MODEL_DIR.resolve():
+        result["model"] = str(DEFAULT_MODEL_DIR.resolve().relative_to(OUT.parents[2]))  # repo-relative, any checkout
         OUT.write_text(json.dumps(result, indent=2) + "\n")
 
 

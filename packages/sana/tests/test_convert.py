@@ -173,6 +173,18 @@ def test_diffusers_pipeline_to_ours_and_back(tmp_path: Path, tiny_diffusers_pipe
     assert ae_ours.scaling_factor == reference.vae.config.scaling_factor
 
 
+def test_a_pipeline_with_skip_layers_warns_on_the_way_to_diffusers(
+    tmp_path: Path, tiny_diffusers_pipeline_dir: Path
+) -> None:
+    """diffusers' SanaPipeline has no skip_layers: converting such a folder says it will not generate the same."""
+    ours = convert(tiny_diffusers_pipeline_dir, tmp_path / "ours", "linear_dit")
+    manifest = json.loads((ours / "sana_pipeline.json").read_text())
+    (ours / "sana_pipeline.json").write_text(json.dumps({**manifest, "settings": {"text_encoder.skip_layers": 1}}))
+    with pytest.warns(UserWarning, match=r"skip_layers=1 .*diffusers' SanaPipeline always uses the last"):
+        back = convert(ours, tmp_path / "back", "diffusers")
+    assert (back / "model_index.json").is_file()
+
+
 def test_pipeline_to_sana_writes_the_transformer(tmp_path: Path, tiny_diffusers_pipeline_dir: Path) -> None:
     pth = convert(tiny_diffusers_pipeline_dir, tmp_path / "transformer.pth", "sana", dtype="bfloat16")
     expected = load_linear_dit(tiny_diffusers_pipeline_dir, dtype=torch.bfloat16).state_dict()

@@ -34,13 +34,14 @@ def test_the_default_model_ships_inside_the_package_within_budget():
         assert section in card
     record = json.loads((folder / "recipe.json").read_text())
     assert record["settings"] == {**record["settings"], **vars(RecipeSettings())}, "shipped with non-default settings"
-    assert {"data", "autoencoder", "text_encoder", "features", "transformer", "export", "eval"} <= set(record["done"])
+    assert set(embedded.STAGES) <= set(record["done"])
 
 
 def test_the_default_model_folder_carries_its_settings(default_pipe):
     assert default_pipe.config.model.image_size == 256
     assert default_pipe.config.model.aspect_ratio_type == "ASPECT_RATIO_256"
     assert default_pipe.text_encoder.instruction == ""  # trained without CHI: prompts are encoded as written
+    assert default_pipe.text_encoder.skip_layers == RecipeSettings().te_skip_layers  # the features it was trained on
 
 
 @pytest.mark.parametrize("prompt", ["a red circle", "two blue squares", "a yellow star to the left of a green diamond"])
@@ -88,6 +89,9 @@ def test_recipe_settings_are_validated():
         RecipeSettings(dit_steps=0)
     with pytest.raises(ValueError, match="dit_lr must be > 0"):
         RecipeSettings(dit_lr=0.0)
+    with pytest.raises(ValueError, match="te_skip_layers must be an int >= 0"):
+        RecipeSettings(te_skip_layers=-1)
+    assert RecipeSettings(te_skip_layers=0).te_skip_layers == 0  # 0: the LM's last hidden state, Sana's choice
 
 
 @pytest.mark.slow
@@ -124,6 +128,25 @@ def test_the_recipe_runs_every_stage_resumes_and_refuses_other_settings(tmp_path
     with safe_open(str(next(iter(stored.values()))), framework="pt") as f:
         assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in list(f.keys())[:3])
     pipe = SanaPipeline.from_pretrained(model)
+    assert pipe.text_encoder.skip_layers == QUICK.te_skip_layers
+    # the decoder stage refined the decoder only: the shipped encoder is the one the cached latents came from
+    from dcae import load_dcae
+
+    trained, shipped = load_dcae(work / "autoencoder" / "model"), pipe.autoencoder
+    assert all(torch.equal(a, b) for a, b in zip(trained.encoder.state_dict().values(),
+                                                 shipped.encoder.state_dict().values(), strict=True))  # fmt: skip
+    assert not all(torch.equal(a, b) for a, b in zip(trained.decoder.state_dict().values(),
+                                                     shipped.decoder.state_dict().values(), strict=True))  # fmt: skip
+    assert shipped.scaling_factor == trained.scaling_factor
+    # the shipped encoders reproduce the features the transformer was trained on; the last hidden state would not
+    from sana_data import CacheMismatchError, FeatureCache
+    from sana_text import TextEncoder
+
+    cache = FeatureCache(work / "features")
+    cache.verify(shipped, pipe.text_encoder)
+    te = pipe.text_encoder
+    with pytest.raises(CacheMismatchError, match="text encoder"):
+        cache.verify(shipped, TextEncoder(te.model, te.tokenizer, chi=None, max_length=te.max_length))
     image = pipe("a red circle", height=192, width=320, num_inference_steps=2, seed=0, output_type="pil",
                  progress=False)[0]  # fmt: skip
     assert image.size == (320, 192)
@@ -149,3 +172,11 @@ def test_the_recipe_runs_every_stage_resumes_and_refuses_other_settings(tmp_path
     assert redone["calls"][-1]["redo_from"] == "transformer"
     assert json.loads((model / "recipe.json").read_text())["settings"]["dit_steps"] == 4
     assert train_embedded(work, RecipeSettings(**{**vars(QUICK), "dit_steps": 4}))["done"] == redone["done"]
+    # a new decoder refinement keeps the transformer
+    lines.clear()
+    again = train_embedded(work, RecipeSettings(**{**vars(QUICK), "dit_steps": 4, "dec_steps": 3}), log=lines.append,
+                           redo_from="decoder")  # fmt: skip
+    assert any("transformer: done earlier" in line for line in lines)
+    assert again["results"]["decoder"]["steps"] == 3 and again["done"][-3:] == ["export", "eval", "card"]
+    card = (model / "README.md").read_text()
+    assert "from `transformer` (dit_steps: 3 -> 4); then from `decoder` (dec_steps: 2 -> 3)" in card

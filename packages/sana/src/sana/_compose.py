@@ -64,7 +64,9 @@ def resolve_field(location: str, field: str) -> Path:
         ) from err
 
 
-def load_text_encoder_parts(model_dir: Path, tokenizer_dir: Path, *, chi: Any, max_length: int, dtype, device):
+def load_text_encoder_parts(
+    model_dir: Path, tokenizer_dir: Path, *, chi: Any, max_length: int, dtype, device, skip_layers: int = 0
+):
     """A `sana_text.TextEncoder` from a model folder and a (possibly separate) tokenizer folder."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -72,7 +74,9 @@ def load_text_encoder_parts(model_dir: Path, tokenizer_dir: Path, *, chi: Any, m
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModel.from_pretrained(model_dir, dtype=dtype).to(device)
-    return TextEncoder(model, tokenizer, chi=chi, max_length=max_length, model_id=str(model_dir))
+    return TextEncoder(
+        model, tokenizer, chi=chi, max_length=max_length, model_id=str(model_dir), skip_layers=skip_layers
+    )
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -114,5 +118,6 @@ def load_config_text_encoder(cfg: Any, *, dtype: torch.dtype, device: torch.devi
         dtype=text_dtype(dtype, device),
         device=device,
         expected_dim=te.caption_channels,
+        skip_layers=te.skip_layers,
     )
     return encoder, path

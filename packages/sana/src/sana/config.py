@@ -180,6 +180,7 @@ class TextEncoderConfig(BaseModel):
     y_norm_scale_factor: float = 1.0  # initial weight of that RMSNorm (YAMLs: 0.01)
     model_max_length: PositiveInt = 300  # caption tokens fed to the DiT
     chi_prompt: list[str] = []  # complex human instruction lines, joined with "\n" (spec §5.2)
+    skip_layers: NonNegativeInt = 0  # 0: the LLM's final hidden state (Sana); k: the one k blocks earlier, no norm
 
 
 class SchedulerConfig(BaseModel):

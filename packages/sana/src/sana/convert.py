@@ -47,6 +47,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -212,6 +213,15 @@ def _ours_to_diffusers_pipeline(
         raise ValueError(
             f"{src / PIPELINE_MANIFEST} has format_version {manifest['format_version']}; this sana reads up to "
             f"{PIPELINE_FORMAT_VERSION} (upgrade sana)"
+        )
+    skip = int((manifest.get("settings") or {}).get("text_encoder.skip_layers", 0))
+    if skip:
+        warnings.warn(
+            f"{src} encodes captions with text_encoder.skip_layers={skip} (the hidden state {skip} blocks before the "
+            "LLM's last); diffusers' SanaPipeline always uses the last, so the converted folder generates other "
+            "images unless you pass it prompt_embeds computed that way",
+            UserWarning,
+            stacklevel=3,
         )
     dst.mkdir(parents=True)
     _convert_transformer(parts["transformer"], dst / "transformer", "diffusers", config, dtype)

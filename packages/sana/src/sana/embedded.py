@@ -9,11 +9,14 @@ end on a 2-core CPU:
    square and two other aspect ratios, written as an image folder;
 2. `autoencoder`: a small f32 DC-AE (`dcae.train`, same block types as Sana's, far fewer channels);
 3. `text_encoder`: a BPE tokenizer trained on the captions and a 4-layer Gemma-2 pretrained on them as a causal LM
-   (`sana_text.pretrain`), then frozen and used through the normal `sana_text` path (no CHI);
+   (`sana_text.pretrain`), then frozen and used through the normal `sana_text` path (no CHI; captions encoded
+   with `skip_layers`, an earlier hidden state than the last);
 4. `features`: `sana encode-latents` into a feature cache (raw latents per aspect-ratio bucket + text features);
 5. `transformer`: `sana train` of a tiny Linear DiT on the cache (multi-scale buckets, CFG caption dropout, EMA);
-6. `export`: the pipeline folder (weights in safetensors, the training config, `recipe.json`) and its model card;
-7. `eval`: `sana eval shapes` on held-out prompts and the autoencoder's held-out PSNR/SSIM, written into the card.
+6. `decoder`: the autoencoder's decoder refined with a PatchGAN term, the encoder frozen (DC-AE's last phase; the
+   latents the transformer learned do not change);
+7. `export`: the pipeline folder (weights in safetensors, the training config, `recipe.json`) and its model card;
+8. `eval`: `sana eval shapes` on held-out prompts and the autoencoder's held-out PSNR/SSIM, written into the card.
 
 Every stage is resumable: an interrupted recipe run with the same settings continues where it stopped (finished
 stages are skipped, the training stages resume from their checkpoints), and a run with different settings in the
@@ -52,20 +55,21 @@ __all__ = (
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 RECIPE_CONFIG = Path(__file__).parent / "configs" / "embedded" / "Sana_Shapes_img256.yaml"
-STAGES = ("data", "autoencoder", "text_encoder", "features", "transformer", "export", "eval")
+STAGES = ("data", "autoencoder", "text_encoder", "features", "transformer", "decoder", "export", "eval")
 # which `RecipeSettings` fields each stage's output depends on directly (later stages depend on it in turn)
 STAGE_SETTINGS = {
     "data": ("images", "seed"),
     "autoencoder": ("ae_steps", "ae_batch_size", "ae_crop", "ae_crop_candidates", "ae_lr", "ae_latent_weight"),
     "text_encoder": ("lm_steps",),
-    "features": (),
+    "features": ("te_skip_layers",),
     "transformer": ("dit_steps", "dit_batch_size", "dit_lr"),
+    "decoder": ("dec_steps", "dec_lr"),
     "export": (),
     "eval": ("eval_prompts", "eval_steps", "ae_eval_images"),
 }
 STAGE_OUTPUTS = {  # folders of the work folder a stage writes (deleted when it is redone)
     "data": ("data",), "autoencoder": ("autoencoder",), "text_encoder": ("text_encoder",),
-    "features": ("features",), "transformer": ("transformer",), "eval": ("eval",),
+    "features": ("features",), "transformer": ("transformer",), "decoder": ("decoder",), "eval": ("eval",),
 }  # fmt: skip
 RECIPE_FILE = "recipe.json"  # settings + per-stage seconds, in the work folder and in the exported model
 TRANSFORMER_STORAGE = torch.bfloat16  # dtype of the exported transformer weights
@@ -85,9 +89,12 @@ class RecipeSettings:
     ae_lr: float = 1e-3  # 2e-3 with L1 alone collapsed every shape to a dark blob
     ae_latent_weight: float = 1e-2  # mean(z²) penalty: without it the latents grew to RMS ~280 and colours were lost
     lm_steps: int = 600  # text-encoder pretraining steps (batch 64)
+    te_skip_layers: int = 2  # features from 2 blocks before the LM's last: the last barely keeps the shape word
     dit_steps: int = 3000  # Linear DiT optimizer steps
     dit_batch_size: int = 32
     dit_lr: float = 3e-4  # 1e-3 let the prompt's influence fade (benchmarks/dit_recipe_sweep.py)
+    dec_steps: int = 600  # decoder refinement, encoder frozen, with the PatchGAN term: sharper corners
+    dec_lr: float = 3e-4
     eval_prompts: int = 300  # held-out prompts for the GenEval-style score (0: no eval stage)
     eval_steps: int = 20  # solver steps of the eval images
     ae_eval_images: int = 32  # held-out images for the autoencoder's PSNR/SSIM
@@ -99,7 +106,7 @@ class RecipeSettings:
                 if not value > 0:
                     raise ValueError(f"RecipeSettings.{field.name} must be > 0, got {value!r}")
                 continue
-            low = 0 if field.name in ("seed", "eval_prompts") else 1
+            low = 0 if field.name in ("seed", "eval_prompts", "te_skip_layers") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"RecipeSettings.{field.name} must be an int >= {low}, got {value!r}")
         if self.ae_crop % 32:
@@ -110,7 +117,7 @@ class RecipeSettings:
 
 # A run of every stage in a few minutes: what the tests and `sana train-embedded --quick` use.
 QUICK = RecipeSettings(images=48, ae_steps=3, ae_batch_size=2, ae_crop=64, lm_steps=3, dit_steps=3,
-                       dit_batch_size=4, eval_prompts=6, eval_steps=2, ae_eval_images=2)  # fmt: skip
+                       dit_batch_size=4, dec_steps=2, eval_prompts=6, eval_steps=2, ae_eval_images=2)  # fmt: skip
 
 
 def default_model_path() -> Path:
@@ -155,6 +162,7 @@ def train_embedded(
         "text_encoder": _stage_text_encoder,
         "features": _stage_features,
         "transformer": _stage_transformer,
+        "decoder": _stage_decoder,
     }
     total = len(STAGES) if settings.eval_prompts else len(STAGES) - 1
     for index, name in enumerate(STAGES[:total], start=1):
@@ -262,6 +270,7 @@ def recipe_config(
             "text_encoder.text_encoder_name": str(text),
             "text_encoder.caption_channels": width,
             "text_encoder.chi_prompt": CHI_OFF,
+            "text_encoder.skip_layers": s.te_skip_layers,
             "train.max_steps": s.dit_steps,
             "train.train_batch_size": s.dit_batch_size,
             "train.optimizer.lr": s.dit_lr,
@@ -291,12 +300,40 @@ def _stage_transformer(work: Path, s: RecipeSettings, say: Callable[[str], None]
     return {"steps": run.state.step}
 
 
+def _stage_decoder(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> dict[str, Any]:
+    """DC-AE's last phase: the decoder alone, refined with the PatchGAN term while the encoder stays frozen. The
+    latents do not change, so the cached features and the transformer trained on them stay valid."""
+    from dcae import load_dcae
+    from dcae.train import LossWeights, latest_checkpoint, train_autoencoder
+
+    source = work / "autoencoder" / "model"
+    model = load_dcae(source, dtype=torch.float32)
+    encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    out = work / "decoder"
+    with torch.inference_mode(False), torch.enable_grad():
+        report = train_autoencoder(
+            model, work / "data", out, steps=s.dec_steps, batch_size=s.ae_batch_size, crop=s.ae_crop,
+            crop_candidates=s.ae_crop_candidates, lr=s.dec_lr, warmup_steps=min(20, s.dec_steps // 10),
+            seed=s.seed + 1, holdout=16, losses=LossWeights(latent=s.ae_latent_weight), adversarial_from_step=0,
+            resume=latest_checkpoint(out) is not None, save_every=200, log_every=25,
+            progress=_every(s.dec_steps, say, "decoder"),
+        )  # fmt: skip
+    refined = load_dcae(out / "model", dtype=torch.float32)
+    changed = [k for k, v in refined.encoder.state_dict().items() if not torch.equal(v, encoder[k])]
+    if changed or not math.isclose(refined.scaling_factor, model.scaling_factor, rel_tol=1e-5):
+        raise RuntimeError(
+            f"the decoder stage changed the encoder ({changed[:3]}) or its scaling factor "
+            f"({model.scaling_factor} -> {refined.scaling_factor}): the cached latents would be stale"
+        )
+    return {"psnr": report.eval_psnr, "ssim": report.eval_ssim, "steps": report.steps, "seconds": report.seconds}
+
+
 def _stage_export(work: Path, s: RecipeSettings, export: Path) -> dict[str, Any]:
     from sana.train.checkpoint import list_checkpoints
 
     cfg = recipe_config(work, s)
     last = list_checkpoints(cfg.work_dir)[-1]
-    return export_pipeline(cfg, last, export, flow_shift=cfg.scheduler.flow_shift)
+    return export_pipeline(cfg, last, export, flow_shift=cfg.scheduler.flow_shift, vae=work / "decoder" / "model")
 
 
 def _stage_eval(work: Path, s: RecipeSettings, export: Path, say: Callable[[str], None]) -> dict[str, Any]:
@@ -317,9 +354,12 @@ def _stage_eval(work: Path, s: RecipeSettings, export: Path, say: Callable[[str]
 # ---------------------------------------------------------------------------------------------------------- export
 
 
-def export_pipeline(cfg: Any, checkpoint: Path, dst: Path, *, flow_shift: float) -> dict[str, Any]:
+def export_pipeline(
+    cfg: Any, checkpoint: Path, dst: Path, *, flow_shift: float, vae: Path | None = None
+) -> dict[str, Any]:
     """Write a pipeline folder (the `sana.convert` layout plus `settings`) from a training checkpoint: the EMA
-    transformer when the run kept one, the autoencoder and the text encoder the config names. Atomic."""
+    transformer when the run kept one, the autoencoder (`vae`, default: the config's; it must encode as the config's
+    does) and the text encoder the config names. Atomic."""
     from dcae import load_dcae, save_dcae
     from linear_dit import load_linear_dit, save_linear_dit
     from sana.config import save_config
@@ -333,7 +373,7 @@ def export_pipeline(cfg: Any, checkpoint: Path, dst: Path, *, flow_shift: float)
         # bf16 storage halves the transformer (Sana's own checkpoints ship in half precision); it is computed in
         # fp32 on CPUs and the shipped scores are measured on exactly these weights.
         save_linear_dit(load_linear_dit(weights, dtype=TRANSFORMER_STORAGE), tmp / "transformer")
-        save_dcae(load_dcae(cfg.vae.vae_pretrained, dtype=torch.float32), tmp / "vae")
+        save_dcae(load_dcae(vae or cfg.vae.vae_pretrained, dtype=torch.float32), tmp / "vae")
         text = Path(cfg.text_encoder.text_encoder_name)
         _copy_text_encoder(text, tmp / "text_encoder", tmp / "tokenizer")
         (tmp / "scheduler").mkdir()
@@ -351,6 +391,7 @@ def export_pipeline(cfg: Any, checkpoint: Path, dst: Path, *, flow_shift: float)
                 "model.image_size": cfg.model.image_size, "model.aspect_ratio_type": cfg.model.aspect_ratio_type,
                 "model.pag_applied_layers": list(cfg.model.pag_applied_layers),
                 "text_encoder.chi_prompt": list(cfg.text_encoder.chi_prompt),
+                "text_encoder.skip_layers": cfg.text_encoder.skip_layers,
                 "scheduler.flow_shift": flow_shift, "scheduler.vis_sampler": cfg.scheduler.vis_sampler,
             },
         })  # fmt: skip
@@ -488,7 +529,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     ev = results.get("eval", {})
     scores, ae, timing = ev.get("scores") or {}, ev.get("autoencoder") or {}, ev.get("timing") or {}
     gain = (ev.get("transformer") or {}).get("text_gain", float("nan"))
-    train_stages = ("data", "autoencoder", "text_encoder", "features", "transformer", "export")
+    train_stages = ("data", "autoencoder", "text_encoder", "features", "transformer", "decoder", "export")
     train_seconds = sum(seconds.get(k, 0.0) for k in train_stages)
     parts = {name: _parameters(export / name) for name in ("transformer", "vae", "text_encoder")}
     size = results.get("export", {}).get("total_bytes", 0)
@@ -497,14 +538,22 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v:.3f} | {counts.get(k, '')} |" for k, v in scores.items()) or "| (none) | | |"
     stage_rows = "\n".join(f"| {k} | {seconds.get(k, 0.0) / 60:.1f} |" for k in STAGES if k in seconds)
     split = ", ".join(f"{k} {v:.3f} s" for k, v in timing.items() if k != "total")
-    redo = next((c for c in reversed(record.get("calls", [])) if c.get("redo_from")), None)
+    redos = [c for c in record.get("calls", []) if c.get("redo_from")]
     redone = ""
-    if redo:
+    if redos:
+        steps = "; then ".join(f"from `{c['redo_from']}` ({c['changed']})" for c in redos)
         redone = (
-            f"\n- Stages from `{redo['redo_from']}` on redone (`--redo-from {redo['redo_from']}`) after a settings "
-            f"change ({redo['changed']}); the earlier stages, with unchanged settings, are the first call's."
+            f"\n- Redone after settings changes (`--redo-from STAGE`, in this order): {steps}. Each stage's weights "
+            "come from the last call that ran it; the stages before, with unchanged settings, were kept."
         )
     caption_norm = _training_setting(export, "text_encoder", "y_norm_scale_factor")
+    decoder = ""
+    if "dec_steps" in s:
+        decoder = (
+            f"\n- Decoder refinement: {s['dec_steps']} steps with the encoder frozen (the latents, and so the "
+            f"transformer's training data, do not change), the same losses plus a PatchGAN hinge term, lr "
+            f"{s['dec_lr']}."
+        )
     return f"""# sana-shapes-256: the embedded default model
 
 A tiny Sana (Linear DiT + f32 DC-AE + Gemma-2 text encoder) trained from scratch on this repository's synthetic
@@ -531,10 +580,11 @@ Folder size: {size / 2**20:.1f} MiB (safetensors; the transformer stored in bf16
   {s.get("ae_crop_candidates", 1)} random crops, the one with the most edges), L1 + L2 + SSIM + Sobel-edge losses
   and a mean(z²) latent penalty ({s["ae_latent_weight"]}), lr {s["ae_lr"]}.
 - Text encoder: causal-LM pretraining, {s["lm_steps"]} steps of 64 captions; held-out perplexity
-  {results.get("text_encoder", {}).get("heldout_perplexity", float("nan")):.2f}.
+  {results.get("text_encoder", {}).get("heldout_perplexity", float("nan")):.2f}. Captions are encoded with
+  `skip_layers={s.get("te_skip_layers", 0)}`: the hidden state that many blocks before the last (0: the last).
 - Transformer: {s["dit_steps"]} steps, batch {s["dit_batch_size"]}, AdamW lr {s["dit_lr"]}, flow matching with
   logit-normal timesteps, 10% caption dropout (CFG), caption RMSNorm started at {caption_norm}, EMA weights
-  shipped.{redone}
+  shipped.{decoder}{redone}
 
 | stage | minutes |
 |---|---|

@@ -22,7 +22,8 @@ def encoder_names(cfg: SanaConfig, vae_path: Path, text_path: Path) -> tuple[str
     """Names recorded in (and checked against) the cache: the model paths plus what changes the features."""
     te = cfg.text_encoder
     chi = hashlib.sha256("\n".join(te.chi_prompt).encode()).hexdigest()[:12]
-    return str(vae_path), f"{text_path}|chi={chi}|L={te.model_max_length}"
+    skip = f"|skip_layers={te.skip_layers}" if te.skip_layers else ""  # only when set: older caches keep their name
+    return str(vae_path), f"{text_path}|chi={chi}|L={te.model_max_length}{skip}"
 
 
 def encode_latents(cfg: SanaConfig, out_dir: str | Path, *, batch_size: int = 8, device: str = "cpu") -> Any:
