@@ -44,6 +44,13 @@ def test_the_default_model_folder_carries_its_settings(default_pipe):
     assert default_pipe.text_encoder.skip_layers == RecipeSettings().te_skip_layers  # the features it was trained on
 
 
+def test_a_skip_layers_override_reaches_the_text_encoder_and_the_config():
+    from sana.pipeline import SanaPipeline
+
+    pipe = SanaPipeline.from_pretrained(default_model_path(), overrides={"text_encoder.skip_layers": 0})
+    assert pipe.text_encoder.skip_layers == 0 and pipe.config.text_encoder.skip_layers == 0
+
+
 @pytest.mark.parametrize("prompt", ["a red circle", "two blue squares", "a yellow star to the left of a green diamond"])
 def test_the_default_model_draws_the_shapes_world(default_pipe, prompt):
     """Its images look like the world's: most pixels are one of the world's plain background colours (a broken

@@ -109,7 +109,8 @@ def pipeline_from_folder(
         max_length=denoiser.config.text_length,
         dtype=_compose.text_dtype(run_dtype, device),
         device=device,
-        skip_layers=int(stored_settings.get("text_encoder.skip_layers", 0)),
+        # the features the transformer was trained on; an override (as for the pipeline's config below) wins
+        skip_layers=int({**stored_settings, **dict(overrides)}.get("text_encoder.skip_layers", 0)),
     )
     settings = {**_settings(folder, image_size, _stored_dtype(stored)), **stored_settings, **dict(overrides)}
     settings.setdefault("model.pag_applied_layers", list(default_pag_layers(denoiser.config.depth)))
