@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from linear_dit import relu_linear_attention
+from linear_dit.attention import BATCHED_MAX_TOKENS
 
 
 def _quadratic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
@@ -33,12 +34,29 @@ def test_matches_the_definition_and_sanas_formulation() -> None:
 
 
 def test_accepts_strided_head_views_and_lays_out_tokens_first() -> None:
-    B, N, nh, hd = 2, 9, 4, 8
+    B, N, nh, hd = 2, BATCHED_MAX_TOKENS + 9, 4, 8  # above the threshold: the per-sample loop
     qkv = torch.randn(B, N, 3 * nh * hd)
     q, k, v = (t.view(B, N, nh, hd).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # strided (B, nh, N, hd)
     out = relu_linear_attention(q, k, v)
     torch.testing.assert_close(out, relu_linear_attention(q.contiguous(), k.contiguous(), v.contiguous()))
     assert out.transpose(1, 2).is_contiguous()  # (B, N, nh, hd) memory: merging heads is free
+
+
+def test_batched_and_per_sample_paths_agree_in_value_and_gradient() -> None:
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(3, 2, BATCHED_MAX_TOKENS + 5, 16, generator=g) for _ in range(3))
+    looped = relu_linear_attention(q, k, v)  # no grad needed, many tokens: the per-sample loop
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    batched = relu_linear_attention(*leaves)  # gradients flow: the batched product
+    torch.testing.assert_close(batched.detach(), looped, rtol=1e-5, atol=1e-6)
+    few = [t[:, :, :BATCHED_MAX_TOKENS] for t in (q, k, v)]  # few tokens: batched even without grad
+    torch.testing.assert_close(relu_linear_attention(*few).double(), _quadratic(*few, 1e-8), rtol=1e-5, atol=1e-6)
+    weights = torch.randn(batched.shape, generator=g)
+    (batched * weights).sum().backward()
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    (_quadratic(*exact, 1e-8) * weights.double()).sum().backward()
+    for mine, ref in zip(leaves, exact, strict=True):
+        torch.testing.assert_close(mine.grad.double(), ref.grad, rtol=1e-4, atol=1e-5)
 
 
 def test_eps_only_matters_when_a_query_sees_no_key() -> None:

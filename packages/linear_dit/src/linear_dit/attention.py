@@ -13,6 +13,10 @@ from torch import Tensor, nn
 SANA_LINEAR_ATTENTION_EPS = 1e-8  # what Sana's blocks pass to LiteLA (its class default and diffusers: 1e-15)
 FP16_MAX = 65504.0  # largest finite fp16; fp16-trained Sana-1.0 weights depend on clamping to it
 MASKED_BIAS = -10000.0  # additive cross-attention bias of padding tokens, as in Sana's and diffusers' SDPA path
+# Up to this many tokens (and whenever gradients flow) linear attention runs as one batched product; above it, at
+# inference, a per-sample loop of strided bmms avoids layout copies. On 2 AVX2 cores (.exp timing, 2 threads):
+# B=32 N=64 fwd+bwd 28 -> 11 ms; B=32 N=64 fwd 4.7 -> 3.1 ms; B=2 N=1024 fwd 16 ms looped vs 20 ms batched.
+BATCHED_MAX_TOKENS = 128
 
 
 def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = SANA_LINEAR_ATTENTION_EPS) -> Tensor:
@@ -31,11 +35,18 @@ def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = SANA_LIN
         eps: added to the normaliser; Sana's blocks use 1e-8, diffusers and DC-AE 1e-15.
 
     Returns:
-        (B, nh, N, hd) float32. Its memory is laid out as (B, N, nh, hd), so
-        `out.transpose(1, 2).reshape(B, N, nh * hd)` is free.
+        (B, nh, N, hd) float32. At inference with more than `BATCHED_MAX_TOKENS` tokens its memory is laid out as
+        (B, N, nh, hd), so `out.transpose(1, 2).reshape(B, N, nh * hd)` is free.
     """
-    B, hd = q.shape[0], q.shape[-1]
+    B, N, hd = q.shape[0], q.shape[2], q.shape[-1]
     q, k, v = F.relu(q.float()), F.relu(k.float()), v.float()  # fp32 island (see docstring)
+    if N <= BATCHED_MAX_TOKENS or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        # few tokens, or autograd: one batched product over (B, nh). The per-sample loop below would cost B
+        # slice + select-backward round trips (a 32-sample training step of the embedded model: 2.5x slower)
+        kv = torch.matmul(k.transpose(-2, -1), v)  # (B, nh, hd, hd)
+        k_sum = k.sum(dim=-2).unsqueeze(-1)  # (B, nh, hd, 1)
+        o = torch.matmul(q, torch.cat([kv, k_sum], dim=-1))  # (B, nh, N, hd + 1)
+        return o[..., :hd] / (o[..., hd:] + eps)
     outs = []
     for b in range(B):  # per sample: (nh, ·, ·) strided batched matmuls need no layout copies
         kv = torch.bmm(k[b].transpose(1, 2), v[b])  # (nh, hd, hd) = Σ_j φ(k_j) v_jᵀ
