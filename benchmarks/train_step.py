@@ -5,6 +5,7 @@ Writes docs/benchmarks/train_step.{json,md} and prints the table.
     python benchmarks/train_step.py                  # tiny + Sana-0.6B fp32 (ckpt off/on) + bf16 (ckpt off)
     python benchmarks/train_step.py --bf16-ckpt      # also bf16 autocast with gradient checkpointing
     python benchmarks/train_step.py --no-bf16        # fp32 only
+    python benchmarks/train_step.py --only embedded  # re-measure some configs; the other rows of the JSON stay
 
 A step is the DiT part of training on precomputed latents and text features: forward, loss, backward, gradient
 clipping (Sana's `gradient_clip` 0.1) and the optimizer update (CAME, the `train.optimizer` of Sana's
@@ -48,8 +49,12 @@ TIMESTEP_SCALE = 1000.0  # diffusers' Sana takes t in [0, 1000]
 ARCHES = {
     "tiny": {"batch": 4, "side": 64, "text_len": 16, "real": [16, 12, 9, 5]},
     "sana-600m": {"batch": 1, "side": 16, "text_len": 300, "real": [64]},  # 512² -> 16×16, a ~50-word prompt
+    # the embedded default model's transformer stage (sana.embedded): 256² -> 8×8, batch 32, 6-14 caption tokens
+    "embedded": {"batch": 32, "side": 8, "text_len": 32, "real": [6 + i % 9 for i in range(32)]},
 }
-STEPS = {"tiny": (2, 5), "sana-600m": (1, 3)}  # (warm-up, timed) steps
+STEPS = {"tiny": (2, 5), "sana-600m": (1, 3), "embedded": (3, 10)}  # (warm-up, timed) steps
+LABELS = {"tiny": "tiny (64×64 latent, B=4)", "sana-600m": "Sana-0.6B (512², B=1)",
+          "embedded": "embedded sana-shapes (8×8 latent, B=32)"}  # fmt: skip
 
 
 # --- child: one configuration ------------------------------------------------------------------------------------
@@ -161,7 +166,7 @@ def _write_weights(arch: str, folder: Path) -> None:
     from linear_dit import LinearDiT, get_preset, save_linear_dit
     from linear_dit.testing import randomize_, tiny_config
 
-    config = tiny_config() if arch == "tiny" else get_preset(arch)
+    config = tiny_config() if arch == "tiny" else get_preset("sana-shapes" if arch == "embedded" else arch)
     with torch.device("meta"):
         model = LinearDiT(config)
     model = randomize_(model.to_empty(device="cpu"), seed=0)
@@ -210,12 +215,12 @@ def _pair(rows: list[dict]) -> dict:
 def _cases(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     cases = [("tiny", "fp32", False), ("tiny", "fp32", True)]
     if not args.tiny_only:
-        cases += [("sana-600m", "fp32", False), ("sana-600m", "fp32", True)]
+        cases += [("embedded", "fp32", False), ("sana-600m", "fp32", False), ("sana-600m", "fp32", True)]
         if not args.no_bf16:
             cases.append(("sana-600m", "bf16", False))
             if args.bf16_ckpt:
                 cases.append(("sana-600m", "bf16", True))
-    return cases
+    return [c for c in cases if not args.only or c[0] in args.only]
 
 
 def _environment(threads: int) -> dict:
@@ -239,7 +244,7 @@ def _environment(threads: int) -> dict:
 
 
 def _fmt_row(r: dict, pair: dict | None) -> str:
-    label = {"tiny": "tiny (64×64 latent, B=4)", "sana-600m": "Sana-0.6B (512², B=1)"}[r["arch"]]
+    label = LABELS[r["arch"]]
     ckpt = "on" if r["checkpointing"] else "off"
     head = f"| {label} | {r['impl']} | {r['precision']} | {ckpt} |"
     if "error" in r:
@@ -273,10 +278,37 @@ def _markdown(report: dict) -> str:
         " part of training); each row is its own process. bf16 = `torch.autocast` on an AVX2-only CPU (emulated)."
         f"\n{env['cpu']} ({env['cpu_capability']}), {env['threads']} threads, torch {env['torch']}, diffusers "
         f"{env['diffusers']}; load average before the run {env['loadavg_before']} (the 2 cores are shared: noisy, "
-        f"min of N kept). Steps timed: tiny {STEPS['tiny'][1]} after {STEPS['tiny'][0]} warm-up, Sana-0.6B "
-        f"{STEPS['sana-600m'][1]} after {STEPS['sana-600m'][0]}. Total wall time {report['wall_s']:.0f} s.\n"
+        "min of N kept). Steps timed (after warm-up ones): "
+        + ", ".join(f"{LABELS[a].split(' (')[0]} {STEPS[a][1]} after {STEPS[a][0]}" for a in _archs(report))
+        + f". Total wall time {report['wall_s']:.0f} s.\n"
     )
+    for later in report.get("updates", []):  # `--only` runs merged into this report
+        note += (
+            f"Rows of {', '.join(later['only'])} re-measured on {later['date']} (load average before "
+            f"{later['loadavg_before']}, torch {later['torch']}, {later['wall_s']:.0f} s).\n"
+        )
     return "\n".join(rows) + "\n" + note
+
+
+def _archs(report: dict) -> list[str]:
+    return list(dict.fromkeys(r["arch"] for r in report["results"]))
+
+
+def _merge(report: dict, only: list[str]) -> dict:
+    """The existing JSON with the rows of `only` replaced by (or added from) this run's."""
+    path = OUT / "train_step.json"
+    if not path.is_file():
+        return report
+    old = json.loads(path.read_text())
+    fresh = {(r["arch"], r["precision"], r["checkpointing"]): r for r in report["results"]}
+    kept = [r for r in old["results"] if (r["arch"], r["precision"], r["checkpointing"]) not in fresh]
+    env = report["environment"]
+    update = {"only": only, "date": time.strftime("%Y-%m-%d"), "loadavg_before": env["loadavg_before"],
+              "torch": env["torch"], "wall_s": report["wall_s"]}  # fmt: skip
+    updates = [u for u in old.get("updates", []) if set(u["only"]) - set(only)] + [update]
+    order = list(LABELS)
+    results = sorted(kept + report["results"], key=lambda r: order.index(r["arch"]))
+    return {**old, "results": results, "updates": updates}
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -313,6 +345,7 @@ def main() -> None:
     parser.add_argument("--bf16-ckpt", action="store_true", help="also bf16 autocast with gradient checkpointing")
     parser.add_argument("--tiny-only", action="store_true", help="only the tiny config (a smoke run)")
     parser.add_argument("--bf16-limit", type=int, default=BF16_STEP_LIMIT_S, help="seconds for one bf16 step")
+    parser.add_argument("--only", nargs="+", choices=list(ARCHES), help="run these configs; keep the JSON's others")
     parser.add_argument("--render", action="store_true", help="only rewrite train_step.md from train_step.json")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per subprocess")
     parser.add_argument(
@@ -327,6 +360,8 @@ def main() -> None:
         _atomic_write(OUT / "train_step.md", _markdown(json.loads((OUT / "train_step.json").read_text())))
         return
     report = run_all(args)
+    if args.only:
+        report = _merge(report, args.only)
     table = _markdown(report)
     OUT.mkdir(parents=True, exist_ok=True)
     _atomic_write(OUT / "train_step.json", json.dumps(report, indent=2) + "\n")
