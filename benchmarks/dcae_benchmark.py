@@ -10,8 +10,10 @@ AVX-512 (on AVX2-only CPUs oneDNN's bf16 convolutions fall back to reference ker
 Memory: each size runs in a fresh child process that builds the whole autoencoder (as `dcae decode` does) and
 decodes a (1, 32, S/32, S/32) latent with `decode_tiled` and the automatic tile size; the peak is the child's
 maximum RSS. `--max-tiles N` stops after N tiles: every tile has the same shape and the output accumulators are
-allocated before the first tile, so the peak is already reached, and the full time is projected from the
-per-tile time (default 2; 0 runs every tile). Results go to docs/benchmarks/dcae.{json,md}.
+allocated before the first tile, so the peak is nearly reached (a complete 4096² decode peaked 4% higher), and
+the full time is projected from the per-tile time (default 2; 0 runs every tile). Results go to
+docs/benchmarks/dcae.{json,md}; what a run does not re-measure (the speed table under `--skip-speed`, other sizes)
+is kept from the JSON, and the markdown says which rows came from which command.
 """
 
 from __future__ import annotations
@@ -142,16 +144,29 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results.get("tiled"):
         lines += ["## Tiled decode, fp32, automatic tile", ""]
-        lines += ["| size | tile / overlap | tiles | time | peak RSS |", "|---|---|---|---|---|"]
+        lines += ["| size | tile / overlap | tiles | time | peak RSS | command |", "|---|---|---|---|---|---|"]
         for t in results["tiled"]:
             run = f"{t['tiles_run']} tiles run, {t['seconds_per_tile']:.0f} s each"
             when = f"{t['seconds']:.0f} s" if t["complete"] else f"{t['projected_seconds']:.0f} s projected ({run})"
             lines.append(
                 f"| {t['size']}² | {t['tile_px']} / {t['overlap_px']} px | {t['tiles_total']} | {when} | "
-                f"{t['peak_rss_gib']:.2f} GiB |"
+                f"{t['peak_rss_gib']:.2f} GiB | `{t.get('command', results['command'])}` |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def merge(old: dict, new: dict) -> dict:
+    """`new` over `old`: the speed table if `new` measured one, and the tiled rows by size; each kept tiled row
+    remembers the command that measured it."""
+    merged = {**old, **{k: v for k, v in new.items() if k != "tiled"}}
+    if "speed" not in new and "speed" in old:
+        merged["speed"] = old["speed"]
+        merged["command"] = old["command"]  # the speed table's command; tiled rows carry their own
+    rows = {t["size"]: {"command": old["command"], **t} for t in old.get("tiled", [])}
+    rows.update({t["size"]: {"command": new["command"], **t} for t in new["tiled"]})
+    merged["tiled"] = [rows[size] for size in sorted(rows)]
+    return merged
 
 
 def main() -> None:
@@ -189,6 +204,8 @@ def main() -> None:
         results["tiled"].append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(json.dumps(results["tiled"][-1]), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
+    if (OUT / "dcae.json").is_file():
+        results = merge(json.loads((OUT / "dcae.json").read_text()), results)
     (OUT / "dcae.json").write_text(json.dumps(results, indent=2) + "\n")
     (OUT / "dcae.md").write_text(markdown(results))
     print(markdown(results))
