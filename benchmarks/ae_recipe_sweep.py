@@ -8,7 +8,10 @@ on 200 held-out full images (none cropped):
 - `fg_psnr`: PSNR inside the objects' bounding boxes only (the background is most of every image);
 - `colour`: the fraction of objects whose reconstructed centre patch is nearest, in RGB, to its true palette
   colour (what `sana eval shapes` needs from the autoencoder; the trained autoencoder of the first recipe run
-  scored 0.26 here: it drew every shape as a dark blob).
+  scored 0.26 here: it drew every shape as a dark blob);
+- `agreement` (last evaluation only): how often `sana.eval.detect` finds the same objects (shape and colour) in the
+  reconstruction as in the original, as `sana eval shapes` reports it: the ceiling this autoencoder puts on the
+  transformer's scores, shapes included.
 
 The loop is `dcae.train`'s step (AdamW, warm-up, cosine to lr/10, clipping 1.0, `dcae.losses` terms, the mean(z²)
 latent penalty), with images drawn uniformly instead of epoch-shuffled, so variants can run on a GPU, all at once:
@@ -17,6 +20,7 @@ latent penalty), with images drawn uniformly instead of epoch-shuffled, so varia
     python benchmarks/ae_recipe_sweep.py runs/embedded/data                    # every variant, one process each
     python benchmarks/ae_recipe_sweep.py runs/embedded/data --only base,l2_lr1e-3 --device cpu
     python benchmarks/ae_recipe_sweep.py runs/embedded/data --measure          # CPU seconds per step (2 threads)
+    python benchmarks/ae_recipe_sweep.py runs/embedded/data --only edge_crops_l2_lr1e-3,shape_full_res --cap 170
 
 Writes docs/benchmarks/ae_recipe_sweep.{json,md} (full runs only) and prints the table.
 """
@@ -78,6 +82,17 @@ VARIANTS: dict[str, dict] = {
         "steps": 2000,
     },
 }
+# The shipped recipe (edge_crops_l2_lr1e-3) and what might keep the shapes' corners, which it loses (stars and most
+# diamonds come back as circles): more channels or a block at high resolution, a weaker latent penalty, a stronger
+# edge loss. Steps as the shipped recipe's, whatever each costs on the CPU (see `--measure`).
+SHIPPED = {"candidates": 4, "l2": 1.0, "lr": 1e-3, "steps": 2500}
+VARIANTS |= {
+    "shape_full_res": {**SHIPPED, "depths": [1, 1, 1, 1, 1, 1]},
+    "shape_wide_shallow": {**SHIPPED, "widths": [32, 64, 64, 64, 64, 64]},
+    "shape_wide_deep": {**SHIPPED, "widths": [16, 32, 64, 128, 128, 128]},
+    "shape_latent1e-3": {**SHIPPED, "latent": 1e-3},
+    "shape_edge2": {**SHIPPED, "edge": 2.0},
+}
 # fg: extra L1 weight on "foreground" pixels: inside the objects' boxes, or (fg_mask "median", needing no boxes)
 # pixels more than 0.1 away in any channel from the crop's median colour
 
@@ -128,9 +143,11 @@ def _batch(data: Shapes, rng: np.random.Generator, v: dict) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def evaluate(model, data: Shapes, device: str) -> dict[str, float]:
+def evaluate(model, data: Shapes, device: str, agreement: bool = False) -> dict[str, float]:
+    from sana.eval import detect
+
     model.eval()
-    psnrs, fg_psnrs, hits, total = [], [], 0, 0
+    psnrs, fg_psnrs, hits, total, agree = [], [], 0, 0, []
     for i in range(len(data.names) - HOLDOUT, len(data.names)):
         x = data.images[i][None].to(device)
         y = model.decode(model.encode(x)).float().clamp(-1, 1)
@@ -145,8 +162,13 @@ def evaluate(model, data: Shapes, device: str) -> dict[str, float]:
             mean = img[:, cy - r : cy + r + 1, cx - r : cx + r + 1].flatten(1).mean(1).numpy()
             hits += min(data.palette, key=lambda c: ((np.array(data.palette[c]) - mean) ** 2).sum()) == color
             total += 1
+        if agreement:  # as sana.eval.reconstruction_scores: the same multiset of (shape, colour) detections
+            pixels = lambda t: ((t[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()  # noqa: E731
+            agree.append(sorted((d.shape, d.color) for d in detect(pixels(y))) ==
+                         sorted((d.shape, d.color) for d in detect(pixels(x))))  # fmt: skip
     model.train()
-    return {"psnr": float(np.mean(psnrs)), "fg_psnr": float(np.mean(fg_psnrs)), "colour": hits / total}
+    out = {"psnr": float(np.mean(psnrs)), "fg_psnr": float(np.mean(fg_psnrs)), "colour": hits / total}
+    return {**out, "agreement": sum(agree) / len(agree)} if agreement else out
 
 
 def _model(v: dict):
@@ -161,7 +183,10 @@ def _model(v: dict):
     return DCAE(cfg)
 
 
-def train(name: str, data: Shapes, device: str, steps: int | None = None, timing: bool = False) -> dict:
+def train(
+    name: str, data: Shapes, device: str, steps: int | None = None, timing: bool = False, cap: float | None = None
+) -> dict:
+    """Train one variant; with `cap`, training stops after that many seconds and is evaluated there."""
     from dcae.losses import LossWeights, reconstruction_losses
 
     v = VARIANTS[name]
@@ -170,7 +195,7 @@ def train(name: str, data: Shapes, device: str, steps: int | None = None, timing
     model = _model(v).to(device)
     steps, lr = steps or v["steps"], v.get("lr", 2e-3)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
-    weights = LossWeights(l1=1.0, l2=v.get("l2", 0.0), ssim=0.2, edge=0.5)
+    weights = LossWeights(l1=1.0, l2=v.get("l2", 0.0), ssim=0.2, edge=v.get("edge", 0.5))
     latent_w, fg_w, warm = v.get("latent", 1e-2), v.get("fg", 0.0), min(50, steps // 10)
     log, started = [], time.perf_counter()
     for step in range(steps):
@@ -193,9 +218,12 @@ def train(name: str, data: Shapes, device: str, steps: int | None = None, timing
         opt.step()
         if timing and step == 2:
             started = time.perf_counter()  # the first steps warm up allocators and caches
-        if not timing and (step + 1) % max(1, steps // 4) == 0:
-            log.append({"step": step + 1, "loss": loss.item(), **evaluate(model, data, device)})
+        last = step + 1 == steps or bool(cap and time.perf_counter() - started > cap)
+        if not timing and ((step + 1) % max(1, steps // 4) == 0 or last):
+            log.append({"step": step + 1, "loss": loss.item(), **evaluate(model, data, device, agreement=last)})
             print(name, log[-1], flush=True)
+        if last:
+            break
     seconds = time.perf_counter() - started
     if timing:
         return {"name": name, "cpu_seconds_per_step": seconds / (steps - 3)}
@@ -206,14 +234,17 @@ def train(name: str, data: Shapes, device: str, steps: int | None = None, timing
 def _table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["name"] == "base"), None)
     lines = [
-        "| variant | params | steps | PSNR dB | Δ vs base | box PSNR dB | colour |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | params | steps | PSNR dB | Δ vs base | box PSNR dB | colour | agreement |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         last = r["log"][-1]
         delta = f"{last['psnr'] - base['log'][-1]['psnr']:+.2f}" if base else "—"
-        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f} M | {last['step']} | {last['psnr']:.2f} | {delta} | "
-                     f"{last['fg_psnr']:.2f} | {last['colour']:.3f} |")  # fmt: skip
+        target = r["settings"]["steps"]
+        steps = last["step"] if last["step"] == target else f"{last['step']} of {target}"
+        agreement = f"{last['agreement']:.3f}" if "agreement" in last else "—"
+        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f} M | {steps} | {last['psnr']:.2f} | {delta} | "
+                     f"{last['fg_psnr']:.2f} | {last['colour']:.3f} | {agreement} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -223,13 +254,14 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated variant names (default: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--measure", action="store_true", help="CPU seconds per step of each variant (2 threads)")
+    parser.add_argument("--cap", type=float, help="stop each variant's training after this many seconds")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = pick(args.only, VARIANTS)
     if args.worker:  # one variant in this process, result as JSON on the given path
         torch.set_num_threads(1)
         name, path = args.worker.split(":", 1)
-        Path(path).write_text(json.dumps(train(name, Shapes(args.data), args.device)))
+        Path(path).write_text(json.dumps(train(name, Shapes(args.data), args.device, cap=args.cap)))
         return
     if args.measure:
         torch.set_num_threads(2)
@@ -239,6 +271,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:  # every variant at once, one process each (small models)
         command = [sys.executable, __file__, str(args.data), "--device", args.device]
+        command += ["--cap", str(args.cap)] if args.cap else []
         rows, failed = fan_out(command, names, Path(tmp))
     if failed:
         raise SystemExit(f"variants failed: {', '.join(failed)} (see their output above)")
