@@ -144,7 +144,7 @@ def _batch(data: Shapes, rng: np.random.Generator, v: dict) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def evaluate(model, data: Shapes, device: str, agreement: bool = False) -> dict[str, float]:
-    from sana.eval import detect
+    from sana.eval import same_objects
 
     model.eval()
     psnrs, fg_psnrs, hits, total, agree = [], [], 0, 0, []
@@ -164,8 +164,7 @@ def evaluate(model, data: Shapes, device: str, agreement: bool = False) -> dict[
             total += 1
         if agreement:  # as sana.eval.reconstruction_scores: the same multiset of (shape, colour) detections
             pixels = lambda t: ((t[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()  # noqa: E731
-            agree.append(sorted((d.shape, d.color) for d in detect(pixels(y))) ==
-                         sorted((d.shape, d.color) for d in detect(pixels(x))))  # fmt: skip
+            agree.append(same_objects(pixels(y), pixels(x)))
     model.train()
     out = {"psnr": float(np.mean(psnrs)), "fg_psnr": float(np.mean(fg_psnrs)), "colour": hits / total}
     return {**out, "agreement": sum(agree) / len(agree)} if agreement else out

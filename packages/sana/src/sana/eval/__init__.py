@@ -26,6 +26,7 @@ from .shapes import (
     prompt_losses,
     reconstruction_scores,
     relation_holds,
+    same_objects,
     sample_grid,
     score,
     text_gain,
@@ -53,5 +54,6 @@ __all__ = (
     "prompt_losses",
     "heldout_images",
     "reconstruction_scores",
+    "same_objects",
     "sample_grid",
 )

@@ -331,6 +331,12 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
     return rgb.permute(2, 0, 1)[None] / 127.5 - 1.0  # (1, 3, H, W) in [-1, 1]
 
 
+def same_objects(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> bool:
+    """Whether the detector finds the same objects (multiset of shape and colour) in images `a` and `b` (PIL or
+    (H, W, 3) uint8): `reconstruction_scores`' detector agreement for one image pair."""
+    return sorted((d.shape, d.color) for d in detect(a)) == sorted((d.shape, d.color) for d in detect(b))
+
+
 @torch.inference_mode()
 def reconstruction_scores(
     autoencode: Callable[[torch.Tensor], torch.Tensor], images: Sequence[Image.Image]
@@ -359,8 +365,7 @@ def reconstruction_scores(
         psnrs.append(float(psnr(x, y)[0]))
         ssims.append(float(ssim(x, y)[0]))
         pixels = ((y[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()  # (H, W, 3) uint8
-        found = sorted((d.shape, d.color) for d in detect(pixels))
-        agree.append(found == sorted((d.shape, d.color) for d in detect(image)))
+        agree.append(same_objects(pixels, image))
     return {
         "psnr": sum(psnrs) / len(psnrs),
         "ssim": sum(ssims) / len(ssims),
