@@ -33,7 +33,7 @@ def test_the_default_model_ships_inside_the_package_within_budget():
     for section in ("## Parts", "## Data and training", "## Evaluation", "## Reproduce"):
         assert section in card
     record = json.loads((folder / "recipe.json").read_text())
-    assert record["settings"] == {**record["settings"], **vars(RecipeSettings())}, "shipped with non-default settings"
+    assert embedded.recorded_settings(record) == vars(RecipeSettings()), "shipped with non-default settings"
     assert set(embedded.STAGES) <= set(record["done"])
 
 
@@ -99,6 +99,69 @@ def test_recipe_settings_are_validated():
     with pytest.raises(ValueError, match="te_skip_layers must be an int >= 0"):
         RecipeSettings(te_skip_layers=-1)
     assert RecipeSettings(te_skip_layers=0).te_skip_layers == 0  # 0: the LM's last hidden state, Sana's choice
+
+
+def test_set_assignments_override_recipe_settings_by_their_field_types():
+    s = embedded.recipe_settings(RecipeSettings(), ["ae_latent_channels=16", "dit_lr=1e-4", " seed = 3"])
+    assert (s.ae_latent_channels, s.dit_lr, s.seed) == (16, 1e-4, 3)
+    assert s.dit_steps == RecipeSettings().dit_steps
+    for bad, message in [("dit_step=3", "NAME one of images, seed"), ("dit_steps", "expected NAME=VALUE"),
+                         ("dit_steps=1.5", "dit_steps takes int values, got '1.5'"),
+                         ("dit_lr=fast", "dit_lr takes float values"),
+                         ("ae_latent_channels=0", "ae_latent_channels must be an int >= 1")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            embedded.recipe_settings(RecipeSettings(), [bad])
+
+
+def test_latent_channels_set_the_autoencoder_and_the_transformer_config(tmp_path):
+    from dcae.train import EMBEDDED_F32
+
+    assert embedded.autoencoder_config(RecipeSettings()) is EMBEDDED_F32
+    c16 = embedded.autoencoder_config(RecipeSettings(ae_latent_channels=16))
+    assert (c16.latent_channels, c16.name) == (16, "dc-ae-f32c16-shapes-lite")
+    assert c16.widths == EMBEDDED_F32.widths
+    text = tmp_path / "text_encoder"
+    text.mkdir()
+    (text / "config.json").write_text(json.dumps({"hidden_size": 128}))
+    cfg = embedded.recipe_config(tmp_path, RecipeSettings(ae_latent_channels=16))
+    assert cfg.vae.vae_latent_dim == 16
+
+
+def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_path):
+    """recipe.json files written before `ae_latent_channels` existed (the shipped model's, say) still resume: the
+    missing field is what that run used, the default; a real change is still caught."""
+    old = {k: v for k, v in vars(QUICK).items() if k != "ae_latent_channels"}
+    record = {"settings": old, "done": ["data"], "seconds": {"data": 1.0}, "results": {}, "machine": {}, "calls": []}
+    (tmp_path / "recipe.json").write_text(json.dumps(record))
+    opened = embedded._open_record(tmp_path, QUICK)
+    assert opened["done"] == ["data"] and opened["settings"]["ae_latent_channels"] == 32
+    with pytest.raises(ValueError, match=r"ae_latent_channels: 32 -> 8.*--redo-from autoencoder"):
+        embedded._open_record(tmp_path, RecipeSettings(**{**vars(QUICK), "ae_latent_channels": 8}))
+
+
+@pytest.mark.slow
+def test_sana_train_embedded_set_trains_another_latent_width(tmp_path, capsys):
+    """`sana train-embedded --quick --set ae_latent_channels=8`: the autoencoder, the transformer and the card all
+    use 8 latent channels, and the pipeline generates with them."""
+    from sana.cli import main
+    from sana.pipeline import SanaPipeline
+
+    work = tmp_path / "work"
+    argv = ["train-embedded", "--quick", "--work-dir", str(work), "--set", "ae_latent_channels=8"]
+    assert main([*argv, "--set", "dit_steps=2"]) == 0
+    record = json.loads((work / "recipe.json").read_text())
+    assert record["settings"]["ae_latent_channels"] == 8 and record["results"]["transformer"]["steps"] == 2
+    pipe = SanaPipeline.from_pretrained(work / "model")
+    assert pipe.autoencoder.latent_channels == 8 and pipe.autoencoder.config.name == "dc-ae-f32c8-shapes-lite"
+    assert pipe.denoiser.config.in_channels == 8
+    assert "DC-AE f32, 8 latent channels" in (work / "model" / "README.md").read_text()
+    image = pipe("a red circle", height=256, width=256, num_inference_steps=2, seed=0, progress=False)
+    assert image.shape == (1, 3, 256, 256)
+    capsys.readouterr()
+    assert main(["train-embedded", "--quick", "--work-dir", str(work), "--set", "dit_steps=2"]) == 2
+    assert "ae_latent_channels: 8 -> 32" in capsys.readouterr().err
+    assert main(["train-embedded", "--quick", "--work-dir", str(work), "--set", "ae_latent_channel=8"]) == 2
+    assert "expected NAME=VALUE with NAME one of" in capsys.readouterr().err
 
 
 @pytest.mark.slow

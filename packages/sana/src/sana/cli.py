@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     emb.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     emb.add_argument("--redo-from", metavar="STAGE", help="keep the finished stages before STAGE, redo it and the "
                      "later ones (e.g. transformer: new DiT settings, same autoencoder)")  # fmt: skip
+    emb.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                     help="a RecipeSettings field other than its default, e.g. --set ae_latent_channels=16 "
+                     "(repeatable; recorded in recipe.json and the model card)")  # fmt: skip
     emb.set_defaults(run=_train_embedded)
     ev = sub.add_parser("eval", help="evaluate a model; `sana eval shapes`: GenEval-style on the shapes world")
     ev.add_argument("benchmark", choices=("shapes",))
@@ -249,12 +252,12 @@ def _train_embedded(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if overrides:
         raise ValueError(f"train-embedded takes no config overrides, got {sorted(overrides)}")
     try:
-        from sana.embedded import QUICK, RecipeSettings, train_embedded
+        from sana.embedded import QUICK, RecipeSettings, recipe_settings, train_embedded
     except ImportError as err:
         raise RuntimeError(f"training needs the train extra: pip install './packages/sana[train]' ({err})") from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = QUICK if args.quick else RecipeSettings()
+    settings = recipe_settings(QUICK if args.quick else RecipeSettings(), args.settings)
     record = train_embedded(args.work_dir, settings, export_to=args.out, redo_from=args.redo_from)
     model = Path(args.out) if args.out else Path(args.work_dir) / "model"
     train = sum(v for k, v in record["seconds"].items() if k != "eval")

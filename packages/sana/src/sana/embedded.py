@@ -50,6 +50,7 @@ __all__ = (
     "STAGE_SETTINGS",
     "RecipeSettings",
     "default_model_path",
+    "recipe_settings",
     "train_embedded",
 )
 
@@ -59,14 +60,15 @@ STAGES = ("data", "autoencoder", "text_encoder", "features", "transformer", "dec
 # which `RecipeSettings` fields each stage's output depends on directly (later stages depend on it in turn)
 STAGE_SETTINGS = {
     "data": ("images", "seed"),
-    "autoencoder": ("ae_steps", "ae_batch_size", "ae_crop", "ae_crop_candidates", "ae_lr", "ae_latent_weight"),
+    "autoencoder": ("ae_steps", "ae_batch_size", "ae_crop", "ae_crop_candidates", "ae_lr", "ae_latent_weight",
+                    "ae_latent_channels"),
     "text_encoder": ("lm_steps",),
     "features": ("te_skip_layers",),
     "transformer": ("dit_steps", "dit_batch_size", "dit_lr"),
     "decoder": ("dec_steps", "dec_lr"),
     "export": (),
     "eval": ("eval_prompts", "eval_steps", "ae_eval_images"),
-}
+}  # fmt: skip
 STAGE_OUTPUTS = {  # folders of the work folder a stage writes (deleted when it is redone)
     "data": ("data",), "autoencoder": ("autoencoder",), "text_encoder": ("text_encoder",),
     "features": ("features",), "transformer": ("transformer",), "decoder": ("decoder",), "eval": ("eval",),
@@ -88,6 +90,7 @@ class RecipeSettings:
     ae_crop_candidates: int = 4  # of this many crops, the one with the most edges (most 128² crops hold no shape)
     ae_lr: float = 1e-3  # 2e-3 with L1 alone collapsed every shape to a dark blob
     ae_latent_weight: float = 1e-2  # mean(z²) penalty: without it the latents grew to RMS ~280 and colours were lost
+    ae_latent_channels: int = 32  # C_z of the autoencoder, so the transformer's in/out channels (Sana's is 32)
     lm_steps: int = 600  # text-encoder pretraining steps (batch 64)
     te_skip_layers: int = 2  # features from 2 blocks before the LM's last: the last barely keeps the shape word
     dit_steps: int = 3000  # Linear DiT optimizer steps
@@ -118,6 +121,24 @@ class RecipeSettings:
 # A run of every stage in a few minutes: what the tests and `sana train-embedded --quick` use.
 QUICK = RecipeSettings(images=48, ae_steps=3, ae_batch_size=2, ae_crop=64, lm_steps=3, dit_steps=3,
                        dit_batch_size=4, dec_steps=2, eval_prompts=6, eval_steps=2, ae_eval_images=2)  # fmt: skip
+
+
+def recipe_settings(base: RecipeSettings, assignments: list[str]) -> RecipeSettings:
+    """`base` with `NAME=VALUE` assignments applied (`sana train-embedded --set`), each value read as its field's
+    type; an unknown name or an unreadable value is a `ValueError` that names it and the fields there are."""
+    fields = {f.name: f for f in dataclasses.fields(RecipeSettings)}
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in fields:
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
+        kind = float if fields[name].type in (float, "float") else int
+        try:
+            changes[name] = kind(text.strip())
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {name} takes {kind.__name__} values, got {text.strip()!r}") from None
+    return dataclasses.replace(base, **changes)
 
 
 def default_model_path() -> Path:
@@ -218,14 +239,14 @@ def _stage_data(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> di
 
 def _stage_autoencoder(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> dict[str, Any]:
     from dcae import DCAE
-    from dcae.train import EMBEDDED_F32, LossWeights, latest_checkpoint, train_autoencoder
+    from dcae.train import LossWeights, latest_checkpoint, train_autoencoder
 
     out = work / "autoencoder"
     torch.manual_seed(s.seed)
     with torch.inference_mode(False), torch.enable_grad():
         report = train_autoencoder(
-            DCAE(EMBEDDED_F32), work / "data", out, steps=s.ae_steps, batch_size=s.ae_batch_size, crop=s.ae_crop,
-            crop_candidates=s.ae_crop_candidates,
+            DCAE(autoencoder_config(s)), work / "data", out, steps=s.ae_steps, batch_size=s.ae_batch_size,
+            crop=s.ae_crop, crop_candidates=s.ae_crop_candidates,
             lr=s.ae_lr, warmup_steps=min(50, s.ae_steps // 10), seed=s.seed, holdout=16,
             losses=LossWeights(latent=s.ae_latent_weight),
             resume=latest_checkpoint(out) is not None, save_every=250, log_every=25,
@@ -233,6 +254,16 @@ def _stage_autoencoder(work: Path, s: RecipeSettings, say: Callable[[str], None]
         )  # fmt: skip
     return {"psnr": report.eval_psnr, "ssim": report.eval_ssim, "scaling_factor": report.scaling_factor,
             "steps": report.steps, "seconds": report.seconds}  # fmt: skip
+
+
+def autoencoder_config(s: RecipeSettings) -> Any:
+    """The recipe's autoencoder graph: `dcae.train.EMBEDDED_F32` with `s.ae_latent_channels` latent channels."""
+    from dcae.train import EMBEDDED_F32
+
+    if s.ae_latent_channels == EMBEDDED_F32.latent_channels:
+        return EMBEDDED_F32
+    name = EMBEDDED_F32.name.replace(f"c{EMBEDDED_F32.latent_channels}-", f"c{s.ae_latent_channels}-")
+    return dataclasses.replace(EMBEDDED_F32, latent_channels=s.ae_latent_channels, name=name)
 
 
 def _captions(work: Path) -> list[str]:
@@ -271,6 +302,7 @@ def recipe_config(
             "text_encoder.caption_channels": width,
             "text_encoder.chi_prompt": CHI_OFF,
             "text_encoder.skip_layers": s.te_skip_layers,
+            "vae.vae_latent_dim": s.ae_latent_channels,
             "train.max_steps": s.dit_steps,
             "train.train_batch_size": s.dit_batch_size,
             "train.optimizer.lr": s.dit_lr,
@@ -440,6 +472,7 @@ def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = N
         raise ValueError(f"unknown stage {redo_from!r} to redo from; stages: {', '.join(STAGES)}")
     if path.is_file():
         record = json.loads(path.read_text())
+        record["settings"] = recorded_settings(record)
         changed = {k: (record["settings"].get(k), v) for k, v in wanted.items() if record["settings"].get(k) != v}
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         if changed and redo_from is None:
@@ -458,6 +491,12 @@ def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = N
     record = {"settings": wanted, "done": [], "seconds": {}, "results": {}, "machine": machine, "calls": [_call()]}
     _write_json(path, record)
     return record
+
+
+def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """A recipe record's settings, every `RecipeSettings` field present: a field added after the run was recorded
+    is read as its default, which is what that run did without naming it (e.g. `ae_latent_channels`: 32)."""
+    return {**dataclasses.asdict(RecipeSettings()), **record["settings"]}
 
 
 def first_stage_of(setting: str) -> str:
@@ -534,6 +573,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     parts = {name: _parameters(export / name) for name in ("transformer", "vae", "text_encoder")}
     size = results.get("export", {}).get("total_bytes", 0)
     scale = results.get("autoencoder", {}).get("scaling_factor", float("nan"))
+    channels = s.get("ae_latent_channels", 32)  # runs recorded before the setting existed had 32
     counts = ev.get("counts") or {}
     rows = "\n".join(f"| {k} | {v:.3f} | {counts.get(k, '')} |" for k, v in scores.items()) or "| (none) | | |"
     stage_rows = "\n".join(f"| {k} | {seconds.get(k, 0.0) / 60:.1f} |" for k in STAGES if k in seconds)
@@ -567,7 +607,7 @@ does is the evaluation below (overall {scores.get("overall", float("nan")):.3f};
 | part | what | parameters |
 |---|---|---|
 | transformer | Linear DiT `SanaShapes_P1_D8` (see `training_config.yaml`) | {parts["transformer"]:,} |
-| vae | DC-AE f32, 32 latent channels (`dcae.train.EMBEDDED_F32`), scaling factor {scale:.5f} | {parts["vae"]:,} |
+| vae | DC-AE f32, {channels} latent channels (`dcae.train` graph), scaling factor {scale:.5f} | {parts["vae"]:,} |
 | text_encoder | Gemma-2, 4 layers, width 128, BPE tokenizer trained on the captions | {parts["text_encoder"]:,} |
 
 Folder size: {size / 2**20:.1f} MiB (safetensors; the transformer stored in bf16, the rest in fp32).
