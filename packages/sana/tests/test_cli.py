@@ -190,6 +190,15 @@ def test_eval_shapes_writes_a_report_and_a_grid(tiny_diffusers_pipeline_dir, tmp
     assert 0 <= report["overall"] <= 1 and len(report["records"]) == 12
     assert report["autoencoder"]["psnr"] > 0 and Image.open(out / "grid.png").size[0] > 32
     assert "overall" in (out / "report.md").read_text()
+    # --ae_images 0 skips the autoencoder's check (it used to fail after all the generation); < 0 fails at once
+    code = main(["eval", "shapes", "--model_path", str(tiny_diffusers_pipeline_dir), "-n", "6", "--size", "32",
+                 "--steps", "1", "--ae_images", "0", "-o", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text())["autoencoder"] is None
+    assert "Autoencoder not checked" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", "shapes", "--model_path", "/nonexistent", "--ae_images", "-1", "-o", str(out)]) == 2
+    assert "--ae_images must be >= 0" in capsys.readouterr().err
 
 
 def test_outputs_are_written_atomically_with_the_umask_permissions(tmp_path):

@@ -103,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--size", type=int, default=256, help="image side in pixels")
     ev.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     ev.add_argument("--bs", type=int, default=8, help="images per model call")
-    ev.add_argument("--ae_images", type=int, default=32, help="held-out images for the autoencoder's PSNR/SSIM")
+    ev.add_argument("--ae_images", type=int, default=32,
+                    help="held-out images for the autoencoder's PSNR/SSIM (0: skip that check)")  # fmt: skip
     ev.add_argument("-o", "--output", default="eval_shapes", help="folder for report.json/report.md/grid.png")
     ev.add_argument("--dtype", choices=sorted(DTYPES))
     ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -164,6 +165,8 @@ def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from sana.eval import eval_prompts, evaluate, heldout_images, reconstruction_scores, sample_grid, text_gain
     from sana.images import save_png
 
+    if args.ae_images < 0:  # checked before minutes of generation, not after
+        raise ValueError(f"--ae_images must be >= 0 (0 skips the autoencoder's check), got {args.ae_images}")
     pipe = load_pipeline(load_config(args.config, overrides), _model_path(args), overrides, device=args.device,
                          dtype=DTYPES.get(args.dtype))  # fmt: skip
     size, shown = args.size, []
@@ -175,7 +178,8 @@ def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     report = evaluate(generate, eval_prompts(args.num_prompts, seed=args.seed), batch_size=args.bs,
                       on_image=lambda prompt, image: shown.append(image) if len(shown) < 64 else None)  # fmt: skip
     ae = pipe.autoencoder
-    recon = reconstruction_scores(lambda x: ae.decode(ae.encode(x.to(pipe.device))), heldout_images(args.ae_images))
+    recon = (reconstruction_scores(lambda x: ae.decode(ae.encode(x.to(pipe.device))), heldout_images(args.ae_images))
+             if args.ae_images else None)  # fmt: skip
     reliance = text_gain(pipe.denoiser, ae, pipe.text_encoder, n=TEXT_GAIN_IMAGES, seed=args.seed)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +188,8 @@ def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     write_text_atomic(out / "report.json", json.dumps(result, indent=2, default=str) + "\n")
     ae_line = (f"Autoencoder PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.4f} on {args.ae_images} held-out "
                f"images; the detector finds the original's objects in {recon['detector_agreement']:.1%} of the "
-               "reconstructions (the ceiling the autoencoder puts on these scores)")  # fmt: skip
+               "reconstructions (the ceiling the autoencoder puts on these scores)"
+               if recon else "Autoencoder not checked (--ae_images 0)")  # fmt: skip
     gain_line = (f"Text gain {reliance['text_gain']:.3f} on {TEXT_GAIN_IMAGES} held-out images: the transformer's "
                  "loss with the null caption over its loss with their own (1.0: it ignores the prompt)")  # fmt: skip
     write_text_atomic(out / "report.md", report.to_markdown() + f"\n\n{ae_line}\n\n{gain_line}\n")
