@@ -93,6 +93,13 @@ VARIANTS |= {
     "shape_latent1e-3": {**SHIPPED, "latent": 1e-3},
     "shape_edge2": {**SHIPPED, "edge": 2.0},
 }
+# Narrower latents (`RecipeSettings.ae_latent_channels`): fewer dimensions for the transformer to model, if the
+# autoencoder keeps the shapes in them
+VARIANTS |= {
+    "latent_c16": {**SHIPPED, "latent_channels": 16},
+    "latent_c8": {**SHIPPED, "latent_channels": 8},
+    "latent_c16_1e-3": {**SHIPPED, "latent_channels": 16, "latent": 1e-3},
+}
 # fg: extra L1 weight on "foreground" pixels: inside the objects' boxes, or (fg_mask "median", needing no boxes)
 # pixels more than 0.1 away in any channel from the crop's median colour
 
@@ -179,6 +186,8 @@ def _model(v: dict):
         cfg = dataclasses.replace(cfg, widths=tuple(v["widths"]))
     if "depths" in v:
         cfg = dataclasses.replace(cfg, encoder_depths=tuple(v["depths"]), decoder_depths=tuple(v["depths"]))
+    if "latent_channels" in v:
+        cfg = dataclasses.replace(cfg, latent_channels=v["latent_channels"])
     return DCAE(cfg)
 
 

@@ -64,8 +64,8 @@ VARIANTS: dict[str, dict] = {
     "ynorm1_3000": {**FIRST, **NORM1, "steps": 3000},
     "ynorm1_lr3e-4_3000": {**FIRST, **NORM1, "steps": 3000, "train.optimizer.lr": 3e-4},  # the recipe since
     "ynorm1_tmean0.5": {**FIRST, **NORM1, "steps": 1800, "scheduler.logit_mean": 0.5},
-    # The current recipe (RecipeSettings defaults, which these runs do not override) with seed replicates, and what
-    # the ~20 spare minutes of the 90-minute budget could buy: more steps, or larger batches for the same steps.
+    # The work folder's recipe (its recipe.json settings, which these runs do not override) with seed replicates, and
+    # what the ~20 spare minutes of the 90-minute budget could buy: more steps, or larger batches for the same steps.
     "seed0": {"steps": 3000},
     "seed1": {"steps": 3000, "train.seed": 1},
     "seed2": {"steps": 3000, "train.seed": 2},
@@ -98,7 +98,7 @@ def run_variant(
 ) -> dict:
     """Train (for at most `cap` seconds), export and score one variant in `work/sweep/<name>` (a rerun starts it
     over)."""
-    from sana.embedded import RecipeSettings, export_pipeline, recipe_config
+    from sana.embedded import export_pipeline, recipe_config, work_settings
     from sana.train.checkpoint import list_checkpoints
     from sana.train.loop import train
 
@@ -110,7 +110,7 @@ def run_variant(
     overrides = {"work_dir": str(folder / "transformer"), "train.max_steps": steps, "train.num_workers": workers, **v}
     if cap:
         overrides["train.training_hours"] = cap / 3600
-    cfg = recipe_config(work, RecipeSettings(), overrides=overrides)
+    cfg = recipe_config(work, work_settings(work), overrides=overrides)
     started = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
         done = train(cfg).state.step
@@ -160,7 +160,7 @@ def score_reference(model: Path, work: Path, device: str, prompts: int) -> dict:
 
 def prepare(work: Path, device: str) -> None:
     """Build the feature cache of `work` on `device` if it is missing (data/, autoencoder/, text_encoder/ needed)."""
-    from sana.embedded import RecipeSettings, recipe_config
+    from sana.embedded import recipe_config, work_settings
     from sana.features import encode_latents
 
     if (work / "features" / "index.json").is_file():
@@ -168,7 +168,7 @@ def prepare(work: Path, device: str) -> None:
     missing = [p for p in ("data", "autoencoder/model", "text_encoder") if not (work / p).exists()]
     if missing:
         raise SystemExit(f"{work} lacks {', '.join(missing)}: run `sana train-embedded --work-dir {work}` first")
-    encode_latents(recipe_config(work, RecipeSettings()), work / "features", batch_size=256, device=device)
+    encode_latents(recipe_config(work, work_settings(work)), work / "features", batch_size=256, device=device)
 
 
 def _table(rows: list[dict]) -> str:

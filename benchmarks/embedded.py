@@ -116,10 +116,11 @@ def main() -> None:
     from sana.embedded import default_model_path
 
     folder = default_model_path()
-    max_length = json.loads((folder / "transformer" / "config.json").read_text())["config"]["text_length"]
+    transformer = json.loads((folder / "transformer" / "config.json").read_text())["config"]
+    max_length, channels = transformer["text_length"], transformer["in_channels"]
     settings = json.loads((folder / "sana_pipeline.json").read_text()).get("settings") or {}
     skip_layers = int(settings.get("text_encoder.skip_layers", 0))
-    latents = torch.randn(1, 32, SIZE // 32, SIZE // 32, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(1, channels, SIZE // 32, SIZE // 32, generator=torch.Generator().manual_seed(0))
     rows = {}
     call, _ = _ours(folder)
     rows["ours-fp32"], ours = _time(call, latents, args.repeats)

@@ -116,8 +116,8 @@ def test_set_assignments_override_recipe_settings_by_their_field_types():
 def test_latent_channels_set_the_autoencoder_and_the_transformer_config(tmp_path):
     from dcae.train import EMBEDDED_F32
 
-    assert embedded.autoencoder_config(RecipeSettings()) is EMBEDDED_F32
-    c16 = embedded.autoencoder_config(RecipeSettings(ae_latent_channels=16))
+    assert embedded.autoencoder_config(RecipeSettings(ae_latent_channels=32)) is EMBEDDED_F32
+    c16 = embedded.autoencoder_config(RecipeSettings())  # the shipped model's
     assert (c16.latent_channels, c16.name) == (16, "dc-ae-f32c16-shapes-lite")
     assert c16.widths == EMBEDDED_F32.widths
     text = tmp_path / "text_encoder"
@@ -128,15 +128,19 @@ def test_latent_channels_set_the_autoencoder_and_the_transformer_config(tmp_path
 
 
 def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_path):
-    """recipe.json files written before `ae_latent_channels` existed (the shipped model's, say) still resume: the
-    missing field is what that run used, the default; a real change is still caught."""
+    """recipe.json files written before `ae_latent_channels` existed (runs/embedded4's, say) still resume: the
+    missing field is what those runs used, 32 channels, not today's default; a real change is still caught."""
     old = {k: v for k, v in vars(QUICK).items() if k != "ae_latent_channels"}
     record = {"settings": old, "done": ["data"], "seconds": {"data": 1.0}, "results": {}, "machine": {}, "calls": []}
     (tmp_path / "recipe.json").write_text(json.dumps(record))
-    opened = embedded._open_record(tmp_path, QUICK)
+    assert RecipeSettings().ae_latent_channels != 32
+    with pytest.raises(ValueError, match=r"ae_latent_channels: 32 -> 16.*--redo-from autoencoder"):
+        embedded._open_record(tmp_path, QUICK)
+    opened = embedded._open_record(tmp_path, RecipeSettings(**{**vars(QUICK), "ae_latent_channels": 32}))
     assert opened["done"] == ["data"] and opened["settings"]["ae_latent_channels"] == 32
-    with pytest.raises(ValueError, match=r"ae_latent_channels: 32 -> 8.*--redo-from autoencoder"):
-        embedded._open_record(tmp_path, RecipeSettings(**{**vars(QUICK), "ae_latent_channels": 8}))
+    # what the sweeps train more transformers with: the folder's own settings, not today's defaults
+    assert embedded.work_settings(tmp_path) == RecipeSettings(**{**vars(QUICK), "ae_latent_channels": 32})
+    assert embedded.work_settings(tmp_path / "new") == RecipeSettings()
 
 
 @pytest.mark.slow
@@ -159,7 +163,7 @@ def test_sana_train_embedded_set_trains_another_latent_width(tmp_path, capsys):
     assert image.shape == (1, 3, 256, 256)
     capsys.readouterr()
     assert main(["train-embedded", "--quick", "--work-dir", str(work), "--set", "dit_steps=2"]) == 2
-    assert "ae_latent_channels: 8 -> 32" in capsys.readouterr().err
+    assert f"ae_latent_channels: 8 -> {RecipeSettings().ae_latent_channels}" in capsys.readouterr().err
     assert main(["train-embedded", "--quick", "--work-dir", str(work), "--set", "ae_latent_channel=8"]) == 2
     assert "expected NAME=VALUE with NAME one of" in capsys.readouterr().err
 

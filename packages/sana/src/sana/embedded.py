@@ -90,7 +90,7 @@ class RecipeSettings:
     ae_crop_candidates: int = 4  # of this many crops, the one with the most edges (most 128² crops hold no shape)
     ae_lr: float = 1e-3  # 2e-3 with L1 alone collapsed every shape to a dark blob
     ae_latent_weight: float = 1e-2  # mean(z²) penalty: without it the latents grew to RMS ~280 and colours were lost
-    ae_latent_channels: int = 32  # C_z of the autoencoder, so the transformer's in/out channels (Sana's is 32)
+    ae_latent_channels: int = 16  # C_z of the autoencoder and the transformer's in/out channels (Sana: 32)
     lm_steps: int = 600  # text-encoder pretraining steps (batch 64)
     te_skip_layers: int = 2  # features from 2 blocks before the LM's last: the last barely keeps the shape word
     dit_steps: int = 3000  # Linear DiT optimizer steps
@@ -493,10 +493,25 @@ def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = N
     return record
 
 
+# Fields added to RecipeSettings after runs were recorded, with the value those runs used without naming it
+# (where that differs from today's default)
+BEFORE_FIELD = {"ae_latent_channels": 32}
+
+
 def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
     """A recipe record's settings, every `RecipeSettings` field present: a field added after the run was recorded
-    is read as its default, which is what that run did without naming it (e.g. `ae_latent_channels`: 32)."""
-    return {**dataclasses.asdict(RecipeSettings()), **record["settings"]}
+    is read as what that run did without naming it (`BEFORE_FIELD`, else the field's default)."""
+    return {**dataclasses.asdict(RecipeSettings()), **BEFORE_FIELD, **record["settings"]}
+
+
+def work_settings(work: str | Path) -> RecipeSettings:
+    """The settings a recipe work folder was made with (its `recipe.json`), or the defaults if it has none: what
+    to pass to `recipe_config` to train more on a run's parts (`benchmarks/dit_recipe_sweep.py`)."""
+    path = Path(work) / RECIPE_FILE
+    if not path.is_file():
+        return RecipeSettings()
+    names = {f.name for f in dataclasses.fields(RecipeSettings)}
+    return RecipeSettings(**{k: v for k, v in recorded_settings(json.loads(path.read_text())).items() if k in names})
 
 
 def first_stage_of(setting: str) -> str:
@@ -573,7 +588,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     parts = {name: _parameters(export / name) for name in ("transformer", "vae", "text_encoder")}
     size = results.get("export", {}).get("total_bytes", 0)
     scale = results.get("autoencoder", {}).get("scaling_factor", float("nan"))
-    channels = s.get("ae_latent_channels", 32)  # runs recorded before the setting existed had 32
+    channels = recorded_settings(record)["ae_latent_channels"]
     counts = ev.get("counts") or {}
     rows = "\n".join(f"| {k} | {v:.3f} | {counts.get(k, '')} |" for k, v in scores.items()) or "| (none) | | |"
     stage_rows = "\n".join(f"| {k} | {seconds.get(k, 0.0) / 60:.1f} |" for k in STAGES if k in seconds)
