@@ -141,6 +141,11 @@ def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_pat
     # what the sweeps train more transformers with: the folder's own settings, not today's defaults
     assert embedded.work_settings(tmp_path) == RecipeSettings(**{**vars(QUICK), "ae_latent_channels": 32})
     assert embedded.work_settings(tmp_path / "new") == RecipeSettings()
+    # a run from before the decoder stage had none: its missing settings are a change, so the stage is not skipped
+    before = {k: v for k, v in vars(QUICK).items() if k not in ("dec_steps", "dec_lr")}
+    (tmp_path / "recipe.json").write_text(json.dumps({**record, "settings": before}))
+    with pytest.raises(ValueError, match=r"dec_steps: None -> 2.*--redo-from decoder"):
+        embedded._open_record(tmp_path, QUICK)
 
 
 @pytest.mark.slow

@@ -493,15 +493,14 @@ def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = N
     return record
 
 
-# Fields added to RecipeSettings after runs were recorded, with the value those runs used without naming it
-# (where that differs from today's default)
-BEFORE_FIELD = {"ae_latent_channels": 32}
+# RecipeSettings fields added after runs were recorded, with the value those runs used without naming it. A field
+# missing here (the decoder stage's: those runs had no such stage) stays missing, so it reads as a changed setting.
+BEFORE_FIELD = {"ae_crop_candidates": 1, "te_skip_layers": 0, "ae_latent_channels": 32}
 
 
 def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
-    """A recipe record's settings, every `RecipeSettings` field present: a field added after the run was recorded
-    is read as what that run did without naming it (`BEFORE_FIELD`, else the field's default)."""
-    return {**dataclasses.asdict(RecipeSettings()), **BEFORE_FIELD, **record["settings"]}
+    """A recipe record's settings, with `BEFORE_FIELD`'s values for the fields it predates."""
+    return {**BEFORE_FIELD, **record["settings"]}
 
 
 def work_settings(work: str | Path) -> RecipeSettings:
@@ -579,7 +578,7 @@ def _parameters(folder: Path) -> int:
 
 def model_card(export: Path, record: dict[str, Any]) -> str:
     """The model card (README.md) of an exported model, from its recipe record."""
-    s, seconds, results = record["settings"], record["seconds"], record["results"]
+    s, seconds, results = recorded_settings(record), record["seconds"], record["results"]
     ev = results.get("eval", {})
     scores, ae, timing = ev.get("scores") or {}, ev.get("autoencoder") or {}, ev.get("timing") or {}
     gain = (ev.get("transformer") or {}).get("text_gain", float("nan"))
@@ -588,7 +587,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     parts = {name: _parameters(export / name) for name in ("transformer", "vae", "text_encoder")}
     size = results.get("export", {}).get("total_bytes", 0)
     scale = results.get("autoencoder", {}).get("scaling_factor", float("nan"))
-    channels = recorded_settings(record)["ae_latent_channels"]
+    channels = s["ae_latent_channels"]
     counts = ev.get("counts") or {}
     rows = "\n".join(f"| {k} | {v:.3f} | {counts.get(k, '')} |" for k, v in scores.items()) or "| (none) | | |"
     stage_rows = "\n".join(f"| {k} | {seconds.get(k, 0.0) / 60:.1f} |" for k in STAGES if k in seconds)
@@ -603,7 +602,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
         )
     caption_norm = _training_setting(export, "text_encoder", "y_norm_scale_factor")
     decoder = ""
-    if "dec_steps" in s:
+    if "dec_steps" in s:  # runs recorded before the decoder stage had none
         decoder = (
             f"\n- Decoder refinement: {s['dec_steps']} steps with the encoder frozen (the latents, and so the "
             f"transformer's training data, do not change), the same losses plus a PatchGAN hinge term, lr "
@@ -632,11 +631,11 @@ Folder size: {size / 2**20:.1f} MiB (safetensors; the transformer stored in bf16
 - {s["images"]} shapes-world images of the training split (seed {s["seed"]}); the evaluation prompts come from the
   held-out split, never seen in training.
 - Autoencoder: {s["ae_steps"]} steps, batch {s["ae_batch_size"]}, {s["ae_crop"]} px crops (of
-  {s.get("ae_crop_candidates", 1)} random crops, the one with the most edges), L1 + L2 + SSIM + Sobel-edge losses
+  {s["ae_crop_candidates"]} random crops, the one with the most edges), L1 + L2 + SSIM + Sobel-edge losses
   and a mean(z²) latent penalty ({s["ae_latent_weight"]}), lr {s["ae_lr"]}.
 - Text encoder: causal-LM pretraining, {s["lm_steps"]} steps of 64 captions; held-out perplexity
   {results.get("text_encoder", {}).get("heldout_perplexity", float("nan")):.2f}. Captions are encoded with
-  `skip_layers={s.get("te_skip_layers", 0)}`: the hidden state that many blocks before the last (0: the last).
+  `skip_layers={s["te_skip_layers"]}`: the hidden state that many blocks before the last (0: the last).
 - Transformer: {s["dit_steps"]} steps, batch {s["dit_batch_size"]}, AdamW lr {s["dit_lr"]}, flow matching with
   logit-normal timesteps, 10% caption dropout (CFG), caption RMSNorm started at {caption_norm}, EMA weights
   shipped.{decoder}{redone}
