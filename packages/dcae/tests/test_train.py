@@ -181,7 +181,7 @@ def test_cli_train_end_to_end(
     config.write_text(json.dumps(tiny_config().to_dict()))
     out = tmp_path / "out"
     common = ["train", str(images), "-o", str(out), "--config", str(config), "--batch-size", "2", "--log-every", "1"]
-    common += ["--threads", "1", "--crop", "8", "--crop-candidates", "3"]
+    common += ["--threads", "1", "--latent-noise", "0.25", "--crop", "8", "--crop-candidates", "3"]
     assert main([*common, "--steps", "3", "--max-steps", "2"]) == 0
     assert "continue with --resume" in capsys.readouterr().out
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the tqdm bar is on by default
@@ -192,6 +192,7 @@ def test_cli_train_end_to_end(
     assert "held-out PSNR" in printed and str(out / "model") in printed
     assert load_dcae(out / "model").config.widths == tiny_config().widths
     assert [r["step"] for r in _log(out)] == ["1", "2", "3"]
+    assert json.loads((latest_checkpoint(out) / "state.json").read_text())["settings"]["latent_noise"] == 0.25
     assert main([*common[:-1], "2", "--steps", "4", "--resume"]) == 2  # another --crop-candidates
     assert "['crop_candidates']" in capsys.readouterr().err
     assert main([*common, "--steps", "3"]) == 2  # existing checkpoints without --resume
@@ -207,6 +208,8 @@ def test_cli_train_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     small = _folder(tmp_path / "small", n=2, size=16)
     assert main(["train", str(small), "-o", str(tmp_path / "o"), "--steps", "1", "--crop", "64"]) == 2
     assert "smaller than crop=64" in capsys.readouterr().err  # shapes-f32: f = 32
+    assert main(["train", str(small), "-o", str(tmp_path / "o"), "--steps", "1", "--latent-noise", "2"]) == 2
+    assert "latent_noise must be a number in [0, 1]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -226,6 +229,10 @@ def test_cli_train_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         ([torch.zeros(3, 16, 16)], {"crop": 8, "crop_candidates": 0}, ValueError, "crop_candidates must be an integer"),
         ([torch.zeros(3, 16, 16)], {"crop_candidates": 4}, ValueError, r"crop_candidates > 1 needs crop="),
         (42, {}, TypeError, "images must be a folder"),
+        ([torch.zeros(3, 16, 16)], {"latent_noise": -0.1}, ValueError, r"latent_noise must be a number in \[0, 1\]"),
+        ([torch.zeros(3, 16, 16)], {"latent_noise": 1.5}, ValueError, "latent_noise must be a number"),
+        ([torch.zeros(3, 16, 16)], {"latent_noise": float("nan")}, ValueError, "latent_noise must be a number"),
+        ([torch.zeros(3, 16, 16)], {"latent_noise": True}, ValueError, "latent_noise must be a number"),
     ],
 )
 def test_bad_inputs(tmp_path: Path, images: object, kwargs: dict, error: type, match: str) -> None:
@@ -289,3 +296,38 @@ def test_crop_candidates_pick_the_crop_with_the_most_edges(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"settings changed since it was written: \['crop_candidates'\]"):
         train_autoencoder(_model(), [img, img], tmp_path / "run", steps=2, crop=16, crop_candidates=2, holdout=1,
                           resume=True)  # fmt: skip
+
+
+def test_latent_noise_perturbs_what_the_decoder_sees_reproducibly(tmp_path: Path) -> None:
+    """`latent_noise`: noise of std u * strength * RMS per sample (u ~ U(0, 1)), drawn from (seed, step); it changes
+    training, a resumed run still matches an uninterrupted one, and runs recorded before the option resume."""
+    from dcae.train import _noisy
+
+    z = torch.randn(64, 4, 3, 3) * torch.linspace(0.5, 4.0, 64).view(64, 1, 1, 1)
+    assert _noisy(z, 0.0, 0, 0) is z
+    a, b = _noisy(z, 0.5, 0, 7), _noisy(z, 0.5, 0, 7)
+    assert torch.equal(a, b) and not torch.equal(a, _noisy(z, 0.5, 0, 8))  # a function of (seed, step)
+    rms = z.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    relative = (a - z).pow(2).mean(dim=(1, 2, 3)).sqrt() / rms  # per sample: u * 0.5, u ~ U(0, 1)
+    assert float(relative.max()) < 0.5 * 1.3 and float(relative.min()) < 0.1 and 0.15 < float(relative.mean()) < 0.35
+
+    kwargs = dict(steps=6, batch_size=2, lr=2e-3, log_every=1, adversarial_from_step=2, holdout=1, latent_noise=0.5)
+    full = train_autoencoder(_model(), _images(5), tmp_path / "full", **kwargs)
+    train_autoencoder(_model(), _images(5), tmp_path / "part", max_steps=3, **kwargs)
+    resumed = train_autoencoder(_model(seed=9), _images(5), tmp_path / "part", resume=True, **kwargs)
+    assert _losses(_log(tmp_path / "part")) == _losses(_log(tmp_path / "full")) and resumed.eval_psnr == full.eval_psnr
+    clean = train_autoencoder(_model(), _images(5), tmp_path / "clean", **{**kwargs, "latent_noise": 0.0})
+    assert _losses(_log(tmp_path / "clean")) != _losses(_log(tmp_path / "full"))
+    saved = json.loads((latest_checkpoint(tmp_path / "full") / "state.json").read_text())["settings"]
+    assert saved["latent_noise"] == 0.5 and clean.completed
+
+    # a checkpoint written before the option existed has no latent_noise: it was 0, so it resumes without noise only
+    old = tmp_path / "old"
+    train_autoencoder(_model(), _images(5), old, max_steps=2, **{**kwargs, "latent_noise": 0.0})
+    state_path = latest_checkpoint(old) / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["settings"]["latent_noise"]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"settings changed since it was written: \['latent_noise'\]"):
+        train_autoencoder(_model(), _images(5), old, resume=True, **kwargs)
+    assert train_autoencoder(_model(), _images(5), old, resume=True, **{**kwargs, "latent_noise": 0.0}).completed

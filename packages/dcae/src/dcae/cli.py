@@ -241,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             report = train_autoencoder(
                 model, args.images, args.output, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                 crop=args.crop, crop_candidates=args.crop_candidates, losses=weights,
-                adversarial_from_step=args.adversarial_from,
+                adversarial_from_step=args.adversarial_from, latent_noise=args.latent_noise,
                 warmup_steps=args.warmup, dtype=args.dtype, seed=args.seed, holdout=args.holdout,
                 resume=args.resume, max_steps=args.max_steps, save_every=args.save_every,
                 log_every=args.log_every, progress=progress,
@@ -316,6 +316,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--crop-candidates", type=int, default=1, help="train on the most-edged of N random crops")
     tr.add_argument("--adversarial-from", type=int, default=None, help="step that starts the decoder-only GAN phase")
     tr.add_argument("--adv-weight", type=float, default=None, help="weight of the hinge GAN term (default 0.05)")
+    tr.add_argument("--latent-noise", type=float, default=0.0, help="decode latents + noise of std up to this "
+                    "fraction of their RMS (a decoder robust to a diffusion model's latents; default 0)")  # fmt: skip
     tr.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (slow without AVX-512)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -154,6 +154,7 @@ def train_autoencoder(
     losses: LossWeights = LossWeights(),  # noqa: B008 (frozen dataclass: immutable default)
     adversarial_from_step: int | None = None,
     disc_width: int = 32,
+    latent_noise: float = 0.0,
     warmup_steps: int = 0,
     max_grad_norm: float | None = 1.0,
     dtype: AutocastDType = "fp32",
@@ -182,6 +183,9 @@ def train_autoencoder(
         losses: loss weights (`LossWeights`: l1, l2, ssim, edge, adversarial).
         adversarial_from_step: from this step on, freeze the encoder and add the hinge PatchGAN term to the
             decoder's loss (weight `losses.adversarial`); None: no adversarial phase.
+        latent_noise: make the decoder robust to latents that are slightly off (a diffusion model's samples): each
+            sample's latents get Gaussian noise of std `u * latent_noise * RMS(its latents)`, u ~ U(0, 1) per
+            sample, before they are decoded (the latent penalty sees them clean). 0 (default): no noise.
         warmup_steps: linear LR warm-up, then cosine decay to `lr * 0.1` at `steps`.
         dtype: "fp32" (default; fastest on AVX2-only CPUs, where bf16 is emulated) or "bf16" (CPU autocast).
         holdout: images held out from training for the final PSNR/SSIM (the last ones; default: a tenth, 1 to
@@ -191,12 +195,12 @@ def train_autoencoder(
     """
     out_dir = Path(out_dir)
     _check_arguments(model, steps, batch_size, lr, crop, crop_candidates, adversarial_from_step, warmup_steps, dtype,
-                     seed, max_steps)  # fmt: skip
+                     seed, max_steps, latent_noise)  # fmt: skip
     _check_intervals(save_every=save_every, keep_last=keep_last, log_every=log_every)
     source = ImageSource.create(images, crop=crop, f=model.spatial_compression, holdout=holdout, seed=seed,
                                 candidates=crop_candidates)  # fmt: skip
     run = _new_run(model, source, steps, batch_size, lr, crop, losses, adversarial_from_step, disc_width,
-                   warmup_steps, max_grad_norm, dtype, seed)  # fmt: skip
+                   latent_noise, warmup_steps, max_grad_norm, dtype, seed)  # fmt: skip
     _start_or_resume(run, out_dir, resume)
     stop = steps if max_steps is None else min(steps, max_steps)
     _loop(run, out_dir, stop, save_every=save_every, keep_last=keep_last, log_every=log_every, progress=progress)
@@ -237,6 +241,7 @@ def _check_arguments(
     dtype: str,
     seed: int,
     max_steps: int | None,
+    latent_noise: float,
 ) -> None:
     if not isinstance(model, DCAE):
         raise TypeError(f"model must be a dcae.DCAE, got {type(model).__name__}")
@@ -259,6 +264,11 @@ def _check_arguments(
         raise ValueError("crop_candidates > 1 needs crop= (it chooses among random crops)")
     if adversarial_from_step is not None and (not isinstance(adversarial_from_step, int) or adversarial_from_step < 0):
         raise ValueError(f"adversarial_from_step must be None or an integer >= 0, got {adversarial_from_step!r}")
+    if isinstance(latent_noise, bool) or not (
+        isinstance(latent_noise, int | float) and math.isfinite(latent_noise) and 0 <= latent_noise <= 1
+    ):
+        raise ValueError(f"latent_noise must be a number in [0, 1] (a fraction of the latents' RMS), "
+                         f"got {latent_noise!r}")  # fmt: skip
     if dtype not in AUTOCAST:
         raise ValueError(f"dtype must be one of {sorted(AUTOCAST)}, got {dtype!r}")
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
@@ -281,6 +291,7 @@ def _new_run(
     losses: LossWeights,
     adversarial_from_step: int | None,
     disc_width: int,
+    latent_noise: float,
     warmup_steps: int,
     max_grad_norm: float | None,
     dtype: str,
@@ -292,6 +303,7 @@ def _new_run(
         "config": model.config.to_dict(), "batch_size": batch_size, "lr": lr, "crop": crop,
         "crop_candidates": source.candidates,
         "losses": losses.to_dict(), "adversarial_from_step": adversarial_from_step, "disc_width": disc_width,
+        "latent_noise": float(latent_noise),
         "warmup_steps": warmup_steps, "max_grad_norm": max_grad_norm, "dtype": dtype, "seed": seed,
         "train_images": len(source.train), "holdout": len(source.heldout), "steps": steps,
     }  # fmt: skip
@@ -316,7 +328,7 @@ def _start_or_resume(run: _Run, out_dir: Path, resume: bool) -> None:
         raise ValueError(f"out_dir {out_dir} already holds checkpoints ({latest.name}); pass resume=True to continue "
                          "the latest, or choose a new out_dir")  # fmt: skip
     state = load_checkpoint(latest, run.model, run.optimizer, run.disc, run.disc_optimizer)
-    saved = {k: v for k, v in state["settings"].items() if k != "steps"}
+    saved = {"latent_noise": 0.0} | {k: v for k, v in state["settings"].items() if k != "steps"}  # (older runs)
     now = {k: v for k, v in run.settings.items() if k != "steps"}
     changed = sorted(k for k in now if saved.get(k) != now[k])
     if changed:
@@ -352,7 +364,7 @@ def _train_step(run: _Run) -> dict[str, float]:
                 latents = model.encoder(batch)
         else:
             latents = model.encoder(batch)
-        recon = model.decoder(latents)
+        recon = model.decoder(_noisy(latents, settings["latent_noise"], settings["seed"], run.step))
         fake_logits = None
         if adversarial:
             run.disc.requires_grad_(False)  # the generator loss must not leave gradients on the discriminator
@@ -375,6 +387,19 @@ def _train_step(run: _Run) -> dict[str, float]:
         terms["adv_d"] = _discriminator_step(run, batch, recon.detach(), lr, autocast)
     row = {"loss": loss.item(), **{k: v.item() for k, v in terms.items() if k != "loss"}}
     return {**{k: row.get(k, float("nan")) for k in LOG_TERMS}, "lr": lr}
+
+
+def _noisy(latents: torch.Tensor, strength: float, seed: int, step: int) -> torch.Tensor:
+    """`latents` (B, C, h, w) plus Gaussian noise of std u * strength * RMS per sample (u ~ U(0, 1), drawn from
+    (seed, step) so a resumed run adds the same noise); the noise scale carries no gradient."""
+    if not strength:
+        return latents
+    g = _generator(seed, "latent_noise", step)
+    b = latents.shape[0]
+    u = torch.rand(b, generator=g).view(b, 1, 1, 1)
+    noise = torch.randn(latents.shape, generator=g).to(latents.dtype)
+    rms = latents.detach().float().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+    return latents + (u * strength * rms).to(latents.dtype) * noise
 
 
 def _discriminator_step(
