@@ -2,7 +2,7 @@
 
 1. From a `sana eval shapes` report: of the images where the detector finds any object, in how many does it find
    one of the colours the prompt names? Compared against the same count with the prompts shuffled among those
-   images (200 shuffles): what matching colours by chance gives.
+   images (200 shuffles): what matching colours by chance gives. The same for the named shapes.
 2. "a {colour} {shape}" for every colour and shape of the world, 2 seeds each (20 steps, CFG 4.5 or
    --cfg_scale, PAG off): images with any object, images with exactly one object, and of those, the ones whose
    object has the named colour, the named shape, both. Only single-object images count: an image cluttered with
@@ -28,19 +28,27 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "embedded_pr
 
 
 def report_colours(report: Path, shuffles: int = 200) -> dict[str, float]:
-    from sana_data.shapes import COLORS
+    """Check 1: named colours (and shapes) found among the images with any object, against shuffled prompts."""
+    from sana_data.shapes import COLORS, SHAPES
 
     records = json.loads(report.read_text())["records"]
-    named = [{c for c in COLORS if c in r["text"].split()} for r in records]
-    found = [{d["color"] for d in r["detections"]} for r in records]
-    drawn = [i for i, f in enumerate(found) if f]
-    hits = sum(bool(named[i] & found[i]) for i in drawn)
-    rng = random.Random(0)
-    chance = 0
-    for _ in range(shuffles):
-        perm = rng.sample(drawn, len(drawn))
-        chance += sum(bool(named[j] & found[i]) for i, j in zip(drawn, perm))
-    return {"images": len(records), "with_object": len(drawn), "named_colour": hits, "chance": chance / shuffles}
+    words = [set(r["text"].split()) for r in records]
+    found_colours = [{d["color"] for d in r["detections"]} for r in records]
+    found_shapes = [{d["shape"] for d in r["detections"]} for r in records]
+    drawn = [i for i, f in enumerate(found_colours) if f]
+    result: dict[str, float] = {"images": len(records), "with_object": len(drawn)}
+    for key, named, found in [
+        ("colour", [{c for c in COLORS if c in w} for w in words], found_colours),
+        ("shape", [{s for s in SHAPES if s in w or f"{s}s" in w} for w in words], found_shapes),
+    ]:
+        rng = random.Random(0)
+        chance = 0
+        for _ in range(shuffles):
+            perm = rng.sample(drawn, len(drawn))
+            chance += sum(bool(named[j] & found[i]) for i, j in zip(drawn, perm))
+        result[f"named_{key}"] = sum(bool(named[i] & found[i]) for i in drawn)
+        result["chance" if key == "colour" else "shape_chance"] = chance / shuffles
+    return result
 
 
 def single_objects(model: Path, seeds: int = 2, device: str = "cpu", cfg_scale: float = 4.5) -> dict[str, int]:
@@ -81,8 +89,10 @@ def main() -> None:
     result: dict = {"model": str(model), "cfg_scale": args.cfg_scale}
     if args.report:
         r = result["report"] = report_colours(args.report)
-        print("| images | with an object | a named colour found | same, prompts shuffled |\n|---:|---:|---:|---:|")
-        print(f"| {r['images']} | {r['with_object']} | {r['named_colour']} | {r['chance']:.0f} |\n")
+        print("| images | with an object | a named colour found | same, prompts shuffled | a named shape found | same, "
+              "prompts shuffled |\n|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+        print(f"| {r['images']} | {r['with_object']} | {r['named_colour']} | {r['chance']:.0f} | {r['named_shape']} "
+              f"| {r['shape_chance']:.0f} |\n")  # fmt: skip
     s = result["single_objects"] = single_objects(model, cfg_scale=args.cfg_scale)
     print("| images | with an object | with one object | its colour named | its shape named | both |")
     print("|---:|---:|---:|---:|---:|---:|")

@@ -99,6 +99,27 @@ def test_recipe_settings_are_validated():
     with pytest.raises(ValueError, match="te_skip_layers must be an int >= 0"):
         RecipeSettings(te_skip_layers=-1)
     assert RecipeSettings(te_skip_layers=0).te_skip_layers == 0  # 0: the LM's last hidden state, Sana's choice
+    with pytest.raises(ValueError, match="lm_caption_chain must be 0 or 1, got 2"):
+        RecipeSettings(lm_caption_chain=2)
+
+
+def test_the_caption_chain_gives_the_lm_each_prompt_with_its_tags_and_long_caption(tmp_path):
+    """`lm_caption_chain=1`: the text encoder pretrains on "prompt. tags. long", so a word must be carried forward
+    to be predicted again; 0: the prompts alone. A missing sidecar is an error naming the image."""
+    from sana_data import ShapesSource, write_folder
+
+    write_folder(ShapesSource(3, seed=0, split="train"), tmp_path / "data")
+    prompts = embedded._captions(tmp_path)
+    chained = embedded._captions(tmp_path, chain=True)
+    assert len(prompts) == len(chained) == 3
+    for stem, prompt, text in zip(("00000000", "00000001", "00000002"), prompts, chained, strict=True):
+        assert prompt == (tmp_path / "data" / f"{stem}.txt").read_text().strip()
+        sidecar = json.loads((tmp_path / "data" / f"{stem}_captions.json").read_text())[stem]
+        assert text == f"{prompt}. {sidecar['tags']}. {sidecar['long']}"
+    (tmp_path / "data" / "00000001_captions.json").unlink()
+    with pytest.raises(ValueError, match=r"lm_caption_chain=1 needs the tags and long captions of 00000001\.txt"):
+        embedded._captions(tmp_path, chain=True)
+    assert embedded._captions(tmp_path) == prompts  # the prompts alone need no sidecar
 
 
 def test_set_assignments_override_recipe_settings_by_their_field_types():
@@ -141,6 +162,12 @@ def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_pat
     # what the sweeps train more transformers with: the folder's own settings, not today's defaults
     assert embedded.work_settings(tmp_path) == RecipeSettings(**{**vars(QUICK), "ae_latent_channels": 32})
     assert embedded.work_settings(tmp_path / "new") == RecipeSettings()
+    # runs from before the caption chain pretrained the LM on the prompts alone: asking for the chain is a change
+    before_chain = {k: v for k, v in vars(QUICK).items() if k != "lm_caption_chain"}
+    (tmp_path / "recipe.json").write_text(json.dumps({**record, "settings": before_chain}))
+    with pytest.raises(ValueError, match=r"lm_caption_chain: 0 -> 1.*--redo-from text_encoder"):
+        embedded._open_record(tmp_path, RecipeSettings(**{**vars(QUICK), "lm_caption_chain": 1}))
+    assert embedded._open_record(tmp_path, QUICK)["done"] == ["data"]
     # a run from before the decoder stage had none: its missing settings are a change, so the stage is not skipped
     before = {k: v for k, v in vars(QUICK).items() if k not in ("dec_steps", "dec_lr")}
     (tmp_path / "recipe.json").write_text(json.dumps({**record, "settings": before}))
@@ -150,20 +177,22 @@ def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_pat
 
 @pytest.mark.slow
 def test_sana_train_embedded_set_trains_another_latent_width(tmp_path, capsys):
-    """`sana train-embedded --quick --set ae_latent_channels=8`: the autoencoder, the transformer and the card all
-    use 8 latent channels, and the pipeline generates with them."""
+    """`sana train-embedded --quick --set ae_latent_channels=8 --set lm_caption_chain=1`: the autoencoder, the
+    transformer and the card all use 8 latent channels, the text encoder pretrains on the caption chain, and the
+    pipeline generates with them."""
     from sana.cli import main
     from sana.pipeline import SanaPipeline
 
     work = tmp_path / "work"
     argv = ["train-embedded", "--quick", "--work-dir", str(work), "--set", "ae_latent_channels=8"]
-    assert main([*argv, "--set", "dit_steps=2"]) == 0
+    assert main([*argv, "--set", "dit_steps=2", "--set", "lm_caption_chain=1"]) == 0
     record = json.loads((work / "recipe.json").read_text())
     assert record["settings"]["ae_latent_channels"] == 8 and record["results"]["transformer"]["steps"] == 2
     pipe = SanaPipeline.from_pretrained(work / "model")
     assert pipe.autoencoder.latent_channels == 8 and pipe.autoencoder.config.name == "dc-ae-f32c8-shapes-lite"
     assert pipe.denoiser.config.in_channels == 8
-    assert "DC-AE f32, 8 latent channels" in (work / "model" / "README.md").read_text()
+    card = (work / "model" / "README.md").read_text()
+    assert "DC-AE f32, 8 latent channels" in card and "each image's prompt followed by its tags" in card
     image = pipe("a red circle", height=256, width=256, num_inference_steps=2, seed=0, progress=False)
     assert image.shape == (1, 3, 256, 256)
     capsys.readouterr()

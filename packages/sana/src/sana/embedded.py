@@ -62,7 +62,7 @@ STAGE_SETTINGS = {
     "data": ("images", "seed"),
     "autoencoder": ("ae_steps", "ae_batch_size", "ae_crop", "ae_crop_candidates", "ae_lr", "ae_latent_weight",
                     "ae_latent_channels"),
-    "text_encoder": ("lm_steps",),
+    "text_encoder": ("lm_steps", "lm_caption_chain"),
     "features": ("te_skip_layers",),
     "transformer": ("dit_steps", "dit_batch_size", "dit_lr"),
     "decoder": ("dec_steps", "dec_lr"),
@@ -92,6 +92,11 @@ class RecipeSettings:
     ae_latent_weight: float = 1e-2  # mean(z²) penalty: without it the latents grew to RMS ~280 and colours were lost
     ae_latent_channels: int = 16  # C_z of the autoencoder and the transformer's in/out channels (Sana: 32)
     lm_steps: int = 600  # text-encoder pretraining steps (batch 64)
+    # 1: the LM reads each image's prompt followed by its tags and long caption, which name the objects again, so
+    # its hidden states must carry every word forward (shape spread at the shape token 0.06 -> 0.32); 0: the prompts
+    # only, the shipped model's. A run with 1 followed colours far better but scored 0.023 overall against 0.027, so
+    # it was not shipped (docs/embedded.md)
+    lm_caption_chain: int = 0
     te_skip_layers: int = 2  # features from 2 blocks before the LM's last: the last barely keeps the shape word
     dit_steps: int = 3000  # Linear DiT optimizer steps
     dit_batch_size: int = 32
@@ -109,9 +114,11 @@ class RecipeSettings:
                 if not value > 0:
                     raise ValueError(f"RecipeSettings.{field.name} must be > 0, got {value!r}")
                 continue
-            low = 0 if field.name in ("seed", "eval_prompts", "te_skip_layers") else 1
+            low = 0 if field.name in ("seed", "eval_prompts", "te_skip_layers", "lm_caption_chain") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"RecipeSettings.{field.name} must be an int >= {low}, got {value!r}")
+        if self.lm_caption_chain not in (0, 1):
+            raise ValueError(f"RecipeSettings.lm_caption_chain must be 0 or 1, got {self.lm_caption_chain!r}")
         if self.ae_crop % 32:
             raise ValueError(
                 f"RecipeSettings.ae_crop must be a multiple of 32 (the f32 compression), got {self.ae_crop}"
@@ -266,8 +273,22 @@ def autoencoder_config(s: RecipeSettings) -> Any:
     return dataclasses.replace(EMBEDDED_F32, latent_channels=s.ae_latent_channels, name=name)
 
 
-def _captions(work: Path) -> list[str]:
-    return [p.read_text().strip() for p in sorted((work / "data").glob("*.txt"))]
+def _captions(work: Path, chain: bool = False) -> list[str]:
+    """The training images' prompts; with `chain`, each followed by the image's `tags` and `long` captions (the
+    data stage's `_captions.json` sidecars), the text the LM pretrains on when `lm_caption_chain=1`."""
+    texts = []
+    for path in sorted((work / "data").glob("*.txt")):
+        text = path.read_text().strip()
+        if chain:
+            sidecar = path.with_name(f"{path.stem}_captions.json")
+            try:
+                captions = json.loads(sidecar.read_text())[path.stem]
+                text = f"{text}. {captions['tags']}. {captions['long']}"
+            except (OSError, ValueError, KeyError) as exc:
+                raise ValueError(f"lm_caption_chain=1 needs the tags and long captions of {path.name} in "
+                                 f"{sidecar.name} (written by the data stage): {exc!r}") from exc  # fmt: skip
+        texts.append(text)
+    return texts
 
 
 def _stage_text_encoder(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> dict[str, Any]:
@@ -277,7 +298,8 @@ def _stage_text_encoder(work: Path, s: RecipeSettings, say: Callable[[str], None
                             warmup_steps=min(100, s.lm_steps // 10))  # fmt: skip
     show = _every(s.lm_steps, say, "text_encoder")
     with torch.inference_mode(False), torch.enable_grad():
-        report = pretrain_causal_lm(_captions(work), work / "text_encoder", config, resume=True,
+        texts = _captions(work, chain=bool(s.lm_caption_chain))
+        report = pretrain_causal_lm(texts, work / "text_encoder", config, resume=True,
                                     progress=lambda step, loss: show(step, s.lm_steps, {"loss": loss}))  # fmt: skip
     shutil.rmtree(work / "text_encoder" / "checkpoints", ignore_errors=True)
     return {"heldout_perplexity": report.heldout_perplexity, "parameters": report.num_parameters}
@@ -495,7 +517,7 @@ def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = N
 
 # RecipeSettings fields added after runs were recorded, with the value those runs used without naming it. A field
 # missing here (the decoder stage's: those runs had no such stage) stays missing, so it reads as a changed setting.
-BEFORE_FIELD = {"ae_crop_candidates": 1, "te_skip_layers": 0, "ae_latent_channels": 32}
+BEFORE_FIELD = {"ae_crop_candidates": 1, "te_skip_layers": 0, "ae_latent_channels": 32, "lm_caption_chain": 0}
 
 
 def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
@@ -601,6 +623,11 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
             "come from the last call that ran it; the stages before, with unchanged settings, were kept."
         )
     caption_norm = _training_setting(export, "text_encoder", "y_norm_scale_factor")
+    lm_texts = (
+        "each image's prompt followed by its tags and long caption, which name its objects again"
+        if s["lm_caption_chain"]
+        else "the images' prompts"
+    )
     decoder = ""
     if "dec_steps" in s:  # runs recorded before the decoder stage had none
         decoder = (
@@ -633,7 +660,7 @@ Folder size: {size / 2**20:.1f} MiB (safetensors; the transformer stored in bf16
 - Autoencoder: {s["ae_steps"]} steps, batch {s["ae_batch_size"]}, {s["ae_crop"]} px crops (of
   {s["ae_crop_candidates"]} random crops, the one with the most edges), L1 + L2 + SSIM + Sobel-edge losses
   and a mean(z²) latent penalty ({s["ae_latent_weight"]}), lr {s["ae_lr"]}.
-- Text encoder: causal-LM pretraining, {s["lm_steps"]} steps of 64 captions; held-out perplexity
+- Text encoder: causal-LM pretraining, {s["lm_steps"]} steps of 64 texts ({lm_texts}); held-out perplexity
   {results.get("text_encoder", {}).get("heldout_perplexity", float("nan")):.2f}. Captions are encoded with
   `skip_layers={s["te_skip_layers"]}`: the hidden state that many blocks before the last (0: the last).
 - Transformer: {s["dit_steps"]} steps, batch {s["dit_batch_size"]}, AdamW lr {s["dit_lr"]}, flow matching with
