@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from linear_dit.ops import Linear
+
 SANA_LINEAR_ATTENTION_EPS = 1e-8  # what Sana's blocks pass to LiteLA (its class default and diffusers: 1e-15)
 FP16_MAX = 65504.0  # largest finite fp16; fp16-trained Sana-1.0 weights depend on clamping to it
 MASKED_BIAS = -10000.0  # additive cross-attention bias of padding tokens, as in Sana's and diffusers' SDPA path
@@ -80,8 +82,8 @@ class LinearSelfAttention(nn.Module):
     def __init__(self, dim: int, head_dim: int, eps: float, qk_norm: bool, clamp_fp16: bool) -> None:
         super().__init__()
         self.heads, self.eps, self.clamp_fp16 = dim // head_dim, eps, clamp_fp16
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=False)
+        self.proj = Linear(dim, dim)
         self.q_norm = RMSNorm(dim, eps=1e-5) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(dim, eps=1e-5) if qk_norm else nn.Identity()
 
@@ -106,9 +108,9 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, heads: int, qk_norm: bool) -> None:
         super().__init__()
         self.heads = heads
-        self.q_linear = nn.Linear(dim, dim)
-        self.kv_linear = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.q_linear = Linear(dim, dim)
+        self.kv_linear = Linear(dim, 2 * dim)
+        self.proj = Linear(dim, dim)
         self.q_norm = RMSNorm(dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(dim, eps=1e-6) if qk_norm else nn.Identity()
 

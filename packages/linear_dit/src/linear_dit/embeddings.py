@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from linear_dit.ops import Linear
+
 TIME_FREQ_DIM = 256  # width of the timestep sinusoid fed to the timestep MLP
 MAX_PERIOD = 10000.0
 
@@ -59,9 +61,9 @@ class CaptionMlp(nn.Module):
 
     def __init__(self, in_dim: int, dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, dim)
+        self.fc1 = Linear(in_dim, dim)
         self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(dim, dim)
+        self.fc2 = Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
