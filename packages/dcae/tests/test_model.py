@@ -129,3 +129,18 @@ def test_rms_norm_2d_formula_and_fp16_range() -> None:
     out = rms_norm_2d(big, torch.ones(4, dtype=torch.float16), torch.zeros(4, dtype=torch.float16))
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     assert torch.allclose(out.float(), torch.ones(1, 4, 2, 2), atol=1e-3)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_pointwise_conv_routes_match_conv2d(monkeypatch: pytest.MonkeyPatch, onednn: bool) -> None:
+    """Both kernels of PointwiseConv (oneDNN's 1×1 conv on AVX-512 CPUs, the matmul elsewhere) give nn.Conv2d's."""
+    from dcae import norms
+
+    monkeypatch.setattr(norms, "_onednn_fp32_faster", lambda: onednn)
+    torch.manual_seed(0)
+    conv = norms.PointwiseConv(12, 20)
+    x = torch.randn(2, 12, 5, 7)
+    ref = F.conv2d(x, conv.weight, conv.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)  # with autograd: always the matmul
