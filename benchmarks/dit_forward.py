@@ -15,6 +15,8 @@ are compared with a large fp32 GEMM timed in the same run. The scaling part time
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import math
 import platform
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from linear_dit import LinearDiT, LinearDiTConfig, get_preset
+from linear_dit import LinearDiT, LinearDiTConfig, get_preset, ops
 from linear_dit.attention import LinearSelfAttention
 from linear_dit.testing import diffusers_twin, randomize_
 
@@ -52,11 +54,28 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
-    """GFLOP/s of a large GEMM shaped like the Mix-FFN expansion at 1024 tokens."""
-    a, w = torch.randn(1024, 1152, dtype=dtype), torch.randn(5760, 1152, dtype=dtype)
-    F.linear(a, w)
-    return 2 * 1024 * 1152 * 5760 / best_time(lambda: F.linear(a, w), repeats) / 1e9
+def matmul_peak(dtype: torch.dtype = torch.float32, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of a large GEMM shaped like the Mix-FFN expansion at 1024 tokens, through MKL (`F.linear`) and
+    through `linear_dit.ops.linear` (oneDNN's 1×1 convolution where that is the faster one); "peak" is the best."""
+    a, w = torch.randn(1, 1024, 1152, dtype=dtype), torch.randn(5760, 1152, dtype=dtype)
+    flop = 2 * 1024 * 1152 * 5760
+    with torch.no_grad():
+        runs = {"f_linear": lambda: F.linear(a, w), "ops_linear": lambda: ops.linear(a, w)}
+        for fn in runs.values():
+            fn()
+        out = {name: round(flop / best_time(fn, repeats) / 1e9, 1) for name, fn in runs.items()}
+    return {**out, "peak": max(out.values())}
+
+
+@functools.cache
+def half_model(model: LinearDiT, dtype: torch.dtype) -> LinearDiT:
+    """A half-precision copy (built once); `model` keeps its fp32 weights for the fp32 rows."""
+    return copy.deepcopy(model).to(dtype)
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels here (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def compare(
@@ -68,7 +87,7 @@ def compare(
     text = torch.randn(batch, TEXT_TOKENS, 2304, generator=g)
     mask = (torch.arange(TEXT_TOKENS) < real)[None].expand(batch, -1)
     t = torch.full((batch,), 0.5)
-    ours_model = model if dtype_ours == torch.float32 else model.to(dtype_ours)
+    ours_model = model if dtype_ours == torch.float32 else half_model(model, dtype_ours)
     with torch.no_grad():
         run_ours = lambda: ours_model(x, t, text, mask)  # noqa: E731
         run_theirs = lambda: twin(x, text, 1000 * t, encoder_attention_mask=mask.float()).sample  # noqa: E731
@@ -77,8 +96,6 @@ def compare(
         for _ in range(repeats):  # alternate, so slow phases of a shared machine hit both
             times["diffusers"].append(best_time(run_theirs, 1))
             times["ours"].append(best_time(run_ours, 1))
-    if dtype_ours != torch.float32:
-        model.float()
     rel_err = ((out.float() - ref).norm() / ref.norm()).item()
     flops = forward_flops(model.config, batch, side * side, text=real)  # the padding columns are never computed
     flops_theirs = forward_flops(model.config, batch, side * side)
@@ -157,19 +174,22 @@ def _markdown(result: dict) -> str:
         "ours / diffusers | ours GFLOP/s | % of GEMM peak | rel. error vs diffusers fp32 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    peak = result["matmul_peak_gflops"]
     for r in result["forward"]:
+        peak = result["matmul_peak_gflops" if r["dtype"] == "float32" else "matmul_peak_bf16_gflops"]
         rows.append(
             f"| {r['dtype']} | {r['batch']} | {r['resolution']}² | {r['tokens']} | {r['real_text_tokens']} | "
             f"{r['diffusers_fp32_s']} | "
             f"{r['ours_s']} | {r['ratio']} | {r['ours_gflops']} | {100 * r['ours_gflops'] / peak:.0f}% | "
             f"{r['rel_err_vs_diffusers_fp32']} |"
         )
-    s = result["scaling"]
+    s, m = result["scaling"], result["matmul_gflops"]
     rows += [
         "",
-        f"GEMM peak (fp32, 1024×1152·1152×5760): {peak} GFLOP/s. Threads: {result['threads']}. "
-        f"CPU capability: {result['cpu_capability']}.",
+        f"GEMM peak (1024×1152·1152×5760, the best of MKL `F.linear` and oneDNN via `linear_dit.ops.linear`; "
+        f"each row's % uses its dtype's): fp32 {result['matmul_peak_gflops']} GFLOP/s "
+        f"(MKL {m['f_linear']}, oneDNN {m['ops_linear']}), bf16 {result['matmul_peak_bf16_gflops']} GFLOP/s. "
+        f"Threads: {result['threads']}. CPU capability: {result['cpu_capability']}, native bf16: "
+        f"{result['native_bf16']}.",
         "",
         "| tokens | " + " | ".join(str(n) for n in s["tokens"]) + " |",
         "|---|" + "---:|" * len(s["tokens"]),
@@ -197,19 +217,24 @@ def main() -> None:
     model = randomize_(model.to_empty(device="cpu"), seed=0).eval()
     twin = diffusers_twin(model)
     peak = matmul_peak()
+    peak_bf16 = None if args.no_bf16 else matmul_peak(torch.bfloat16)
     cases = [(1, 16), (2, 16)] if args.quick else [(1, 16), (2, 16), (1, 32), (2, 32)]
     forward = [compare(model, twin, b, side, repeats, torch.float32) for b, side in cases]
     # A typical prompt fills ~40 of the 300 slots: padding columns are dropped before the text projections.
     forward.append(compare(model, twin, 2, 16 if args.quick else 32, repeats, torch.float32, real=40))
-    if not args.no_bf16:  # one row: bf16 is only fast on CPUs with AVX512-BF16/AMX
-        forward.append(compare(model, twin, 1, 16, 1, torch.bfloat16))
+    if not args.no_bf16:  # every case where bf16 is native (AVX512-BF16/AMX); one row where it is emulated
+        bf16_cases = cases if native_bf16() else cases[:1]
+        forward += [compare(model, twin, b, side, repeats, torch.bfloat16) for b, side in bf16_cases]
     tokens = [256, 1024, 4096] if args.quick else [256, 512, 1024, 2048, 4096, 8192, 16384]
     result = {
         "machine": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "threads": args.threads,
-        "matmul_peak_gflops": round(peak, 1),
+        "native_bf16": native_bf16(),
+        "matmul_peak_gflops": peak["peak"],
+        "matmul_gflops": peak,
+        "matmul_peak_bf16_gflops": peak_bf16["peak"] if peak_bf16 else None,
         "forward": forward,
         "scaling": scaling(tokens),
     }
