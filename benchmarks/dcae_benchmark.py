@@ -4,8 +4,9 @@
     python benchmarks/dcae_benchmark.py --skip-speed --sizes 4096 --max-tiles 0    # one complete 4K decode
 
 Speed: the dc-ae-f32c32-sana graph with random weights (speed does not depend on the values), encode and decode
-of one 512² image, ours and diffusers in the same process, best of `--repeats`. bf16 is timed only on CPUs with
-AVX-512 (on AVX2-only CPUs oneDNN's bf16 convolutions fall back to reference kernels, ~240× slower).
+of one 512² image, ours and diffusers in the same process, timed alternately, best of `--repeats`. bf16 is timed
+only on CPUs with native bf16 (AVX512-BF16/AMX; elsewhere oneDNN's bf16 convolutions fall back to reference kernels,
+~240× slower), with its relative L2 error against our fp32 output.
 
 Memory: each size runs in a fresh child process that builds the whole autoencoder (as `dcae decode` does) and
 decodes a (1, 32, S/32, S/32) latent with `decode_tiled` and the automatic tile size; the peak is the child's
@@ -19,6 +20,7 @@ is kept from the JSON, and the markdown says which rows came from which command.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import subprocess
@@ -66,23 +68,39 @@ def speed(size: int, repeats: int) -> dict:
     with torch.inference_mode():
         ours.decode(latents[..., :2, :2])  # warm-up (oneDNN primitive caches)
         ref.decode(latents[..., :2, :2])
-        result["diffusers_fp32"] = {
-            "encode_s": _best(lambda: ref.encode(images), repeats),
-            "decode_s": _best(lambda: ref.decode(latents), repeats),
+        runs = {
+            ("diffusers_fp32", "encode_s"): lambda: ref.encode(images),
+            ("ours_fp32", "encode_s"): lambda: ours.encode(images),
+            ("diffusers_fp32", "decode_s"): lambda: ref.decode(latents),
+            ("ours_fp32", "decode_s"): lambda: ours.decode(latents),
         }
-        result["ours_fp32"] = {
-            "encode_s": _best(lambda: ours.encode(images), repeats),
-            "decode_s": _best(lambda: ours.decode(latents), repeats),
-        }
-        if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-            ours = ours.to(torch.bfloat16)
-            result["ours_bf16"] = {
-                "encode_s": _best(lambda: ours.encode(images), repeats),
-                "decode_s": _best(lambda: ours.decode(latents), repeats),
+        if native_bf16():
+            ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16)
+            ours_bf16.decode(latents[..., :2, :2].bfloat16())
+            runs[("ours_bf16", "encode_s")] = lambda: ours_bf16.encode(images.bfloat16())
+            runs[("ours_bf16", "decode_s")] = lambda: ours_bf16.decode(latents.bfloat16())
+            result["bf16_rel_err"] = {
+                "encode": _rel_err(ours_bf16.encode(images.bfloat16()), ours.encode(images)),
+                "decode": _rel_err(ours_bf16.decode(latents.bfloat16()), ours.decode(latents)),
             }
         else:
-            result["ours_bf16"] = "skipped: no AVX-512 on this CPU (bf16 convolutions use slow fallback kernels)"
+            result["ours_bf16"] = "skipped: no native bf16 on this CPU (bf16 convolutions use slow fallback kernels)"
+        times: dict = {key: [] for key in runs}
+        for _ in range(repeats):  # alternate, so slow phases of a shared machine hit every model
+            for key, fn in runs.items():
+                times[key].append(_best(fn, 1))
+        for (model, what), ts in times.items():
+            result.setdefault(model, {})[what] = min(ts)
     return result
+
+
+def native_bf16() -> bool:
+    """oneDNN has native bf16 kernels here (AVX512-BF16 or AMX); elsewhere bf16 convolutions are emulated."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(f"{((out.float() - ref).norm() / ref.norm()).item():.3g}")
 
 
 def tiled_child(size: int, max_tiles: int | None, budget_gib: float | None) -> dict:
@@ -134,10 +152,16 @@ def markdown(results: dict) -> str:
         s = results["speed"]
         d, o = s["diffusers_fp32"], s["ours_fp32"]
         lines += [f"## {PRESET}, one {s['size']}² image (best of {s['repeats']})", ""]
-        lines += ["| | diffusers fp32 | ours fp32 | ratio | ours bf16 |", "|---|---|---|---|---|"]
+        lines += [
+            "| | diffusers fp32 | ours fp32 | ratio | ours bf16 | bf16 / diffusers fp32 | bf16 rel. error vs fp32 |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for k, label in [("encode_s", "encode"), ("decode_s", "decode")]:
-            bf16 = s["ours_bf16"][k] if isinstance(s["ours_bf16"], dict) else "skipped"
-            bf16 = f"{bf16:.2f} s" if isinstance(bf16, float) else bf16
+            if isinstance(s["ours_bf16"], dict):
+                b = s["ours_bf16"][k]
+                bf16 = f"{b:.2f} s | {b / d[k]:.2f}× | {s.get('bf16_rel_err', {}).get(label, '—')}"
+            else:
+                bf16 = "skipped | — | —"
             lines.append(f"| {label} | {d[k]:.2f} s | {o[k]:.2f} s | {o[k] / d[k]:.2f}× | {bf16} |")
         if not isinstance(s["ours_bf16"], dict):
             lines += ["", f"bf16: {s['ours_bf16']}."]

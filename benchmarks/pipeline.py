@@ -356,8 +356,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--bf16-steps", type=int, help="time bf16 on fewer steps and extrapolate the denoise")
     parser.add_argument("--diffusers-steps", type=int, help="same for diffusers (no image comparison then)")
     parser.add_argument(
-        "--bf16-decode-size", type=int, default=64,
-        help="bf16 decode timed at this size and scaled by pixels (0: decode the full image; hours on AVX2)",
+        "--bf16-decode-size", type=int,
+        help="bf16 decode timed at this size and scaled by pixels (0: decode the full image; hours on AVX2). "
+        "Default: 0 on CPUs with native bf16 (AVX512-BF16/AMX), 64 elsewhere",
     )  # fmt: skip
     parser.add_argument("--skip-bf16", action="store_true")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per variant (the best is kept)")
@@ -374,6 +375,8 @@ def _parse() -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.bf16_decode_size is None:
+        args.bf16_decode_size = 0 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 64
     if args.size % 32 or args.bf16_decode_size % 32 or args.bf16_decode_size < 0:
         parser.error(f"--size and --bf16-decode-size must be multiples of 32, got {args.size}, {args.bf16_decode_size}")
     return args
