@@ -73,11 +73,6 @@ def half_model(model: LinearDiT, dtype: torch.dtype) -> LinearDiT:
     return copy.deepcopy(model).to(dtype)
 
 
-def native_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels here (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 def compare(
     model: LinearDiT, twin, batch: int, side: int, repeats: int, dtype_ours: torch.dtype, real: int = TEXT_TOKENS
 ) -> dict:
@@ -223,7 +218,7 @@ def main() -> None:
     # A typical prompt fills ~40 of the 300 slots: padding columns are dropped before the text projections.
     forward.append(compare(model, twin, 2, 16 if args.quick else 32, repeats, torch.float32, real=40))
     if not args.no_bf16:  # every case where bf16 is native (AVX512-BF16/AMX); one row where it is emulated
-        bf16_cases = cases if native_bf16() else cases[:1]
+        bf16_cases = cases if ops.native_bf16() else cases[:1]
         forward += [compare(model, twin, b, side, repeats, torch.bfloat16) for b, side in bf16_cases]
     tokens = [256, 1024, 4096] if args.quick else [256, 512, 1024, 2048, 4096, 8192, 16384]
     result = {
@@ -231,7 +226,7 @@ def main() -> None:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "threads": args.threads,
-        "native_bf16": native_bf16(),
+        "native_bf16": ops.native_bf16(),
         "matmul_peak_gflops": peak["peak"],
         "matmul_gflops": peak,
         "matmul_peak_bf16_gflops": peak_bf16["peak"] if peak_bf16 else None,
