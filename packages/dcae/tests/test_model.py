@@ -144,3 +144,58 @@ def test_pointwise_conv_routes_match_conv2d(monkeypatch: pytest.MonkeyPatch, one
     with torch.no_grad():
         torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)  # with autograd: always the matmul
+
+
+@pytest.mark.parametrize("cfg", [tiny_config(), tiny_in_mix_config()], ids=["sana", "in-mix"])
+def test_inference_kernels_match_the_autograd_path(cfg) -> None:
+    """Without autograd the model runs its inference kernels (channels-last ResBlock stages, in-place adds and
+    activations, the single-conv upsample, the three-pass RMSNorm); with it, the plain ones. Same numbers, and
+    the inference outputs come back in ordinary NCHW memory."""
+    model = random_model(cfg)
+    images = torch.rand(2, 3, 64, 96) * 2 - 1
+    z_train = model.encode(images)  # autograd on: the parameters require grad
+    assert z_train.requires_grad
+    x_train = model.decode(z_train.detach())
+    with torch.no_grad():
+        z = model.encode(images)
+        x = model.decode(z_train.detach())
+    assert z.is_contiguous() and x.is_contiguous()
+    torch.testing.assert_close(z, z_train.detach(), rtol=1e-5, atol=1e-5 * z_train.abs().max().item())
+    torch.testing.assert_close(x, x_train.detach(), rtol=1e-5, atol=1e-5 * x_train.abs().max().item())
+
+
+@pytest.mark.parametrize(("in_channels", "out_channels"), [(8, 8), (16, 8), (32, 8), (4, 3), (4, 8)])
+def test_duplicate_phase_is_a_phase_of_channel_to_space_duplicate(in_channels: int, out_channels: int) -> None:
+    from dcae.blocks import channel_to_space_duplicate, duplicate_phase
+
+    x = torch.randn(2, in_channels, 3, 5)
+    full = channel_to_space_duplicate(x, out_channels)  # (2, out, 6, 10)
+    for p in range(4):
+        a, b = divmod(p, 2)
+        assert torch.equal(duplicate_phase(x, out_channels, p), full[:, :, a::2, b::2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_2d_inference_path_matches_fp32_formula(dtype: torch.dtype) -> None:
+    """The no-grad norm (three passes, fp32 statistic) against the fp32 formula, in NCHW and channels-last."""
+    x = (torch.randn(2, 24, 6, 7) * 5).to(dtype)
+    w, b = torch.rand(24) + 0.5, torch.randn(24)
+    exact = rms_norm_2d(x.float(), w, b)  # autograd path in fp32
+    for layout in (torch.contiguous_format, torch.channels_last):
+        with torch.no_grad():
+            out = rms_norm_2d(x.contiguous(memory_format=layout), w.to(dtype), b.to(dtype))
+        assert out.dtype == dtype and out.is_contiguous(memory_format=layout)
+        tol = 1e-6 if dtype == torch.float32 else 2e-2  # bf16: the output's rounding and 1/rms's
+        torch.testing.assert_close(out.float(), exact, rtol=tol, atol=tol * exact.abs().max().item())
+
+
+@pytest.mark.parametrize(("in_channels", "out_channels"), [(8, 16), (8, 8), (16, 8), (16, 4), (6, 8)])
+def test_in_place_space_to_channel_average(in_channels: int, out_channels: int) -> None:
+    from dcae.blocks import add_space_to_channel_average_, space_to_channel_average
+
+    x = torch.randn(2, in_channels, 6, 10)
+    y = torch.randn(2, out_channels, 3, 5)
+    expected = y + space_to_channel_average(x, out_channels)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = add_space_to_channel_average_(y.clone(memory_format=layout), x.contiguous(memory_format=layout))
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)

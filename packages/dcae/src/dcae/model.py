@@ -10,7 +10,20 @@ from torch import nn
 
 from dcae.blocks import DownsampleBlock, UpsampleBlock, make_block
 from dcae.config import DCAEConfig
-from dcae.norms import make_norm
+from dcae.norms import act_, make_norm
+
+
+def _to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Inference on a CPU runs the ResBlock stages in channels-last memory, and the rest in NCHW.
+
+    oneDNN computes a 3×3 convolution on NHWC data directly; given NCHW it reorders input and output around
+    every call. The ResBlock stages are the high-resolution ones, 70-80% of the time, and channels-last made a
+    512² fp32 encode ~20% faster on a Zen 4 (the 3-channel project-in conv 2×). The EfficientViT stages (low
+    resolution) reshape their maps into heads, so they stay NCHW. Training (autograd on) keeps NCHW throughout.
+    """
+    if torch.is_grad_enabled() or x.device.type != "cpu":
+        return x
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _warn_if_slow_bf16(device: torch.device, dtype: torch.dtype) -> None:
@@ -30,13 +43,17 @@ def _warn_if_slow_bf16(device: torch.device, dtype: torch.dtype) -> None:
 class Stage(nn.Module):
     """One resolution level: `blocks`, plus the encoder's trailing `down` or the decoder's leading `up`."""
 
-    def __init__(self, blocks: list[nn.Module], down: nn.Module | None = None, up: nn.Module | None = None) -> None:
+    def __init__(
+        self, blocks: list[nn.Module], down: nn.Module | None = None, up: nn.Module | None = None, conv: bool = False
+    ) -> None:
         super().__init__()
         self.up = up
         self.blocks = nn.ModuleList(blocks)
         self.down = down
+        self.channels_last = conv  # convolutional (ResBlock) stage: channels-last at CPU inference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _to_layout(x, self.channels_last)
         if self.up is not None:
             x = self.up(x)
         for block in self.blocks:
@@ -63,16 +80,17 @@ class Encoder(nn.Module):
                 for _ in range(depths[i])
             ]
             down = DownsampleBlock(widths[i], widths[i + 1], cfg.downsample) if depths[i] > 0 and i < n - 1 else None
-            self.stages.append(Stage(blocks, down=down))
+            self.stages.append(Stage(blocks, down=down, conv=cfg.encoder_blocks[i] == "res"))
         self.project_out = nn.Conv2d(widths[-1], cfg.latent_channels, 3, padding=1)
         self.latent_channels = cfg.latent_channels
+        self.first_conv = cfg.encoder_blocks[0 if depths[0] > 0 else 1] == "res"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.project_in(x)  # (B, widths[0 or 1], H or H/2, W or W/2)
+        x = self.project_in(_to_layout(x, self.first_conv))  # (B, widths[0 or 1], H or H/2, W or W/2)
         for stage in self.stages:
             x = stage(x)  # (B, widths[-1], H/f, W/f) after the last stage
         shortcut = x.unflatten(1, (self.latent_channels, -1)).mean(dim=2)  # (B, C_z, h, w)
-        return self.project_out(x) + shortcut  # (B, C_z, h, w)
+        return _to_layout(self.project_out(x) + shortcut, False)  # (B, C_z, h, w)
 
 
 class Decoder(nn.Module):
@@ -96,7 +114,7 @@ class Decoder(nn.Module):
                 for _ in range(depths[i])
             ]
             up = UpsampleBlock(widths[i + 1], widths[i], cfg.upsample) if depths[i] > 0 and i < n - 1 else None
-            self.stages.append(Stage(blocks, up=up))
+            self.stages.append(Stage(blocks, up=up, conv=cfg.decoder_blocks[i] == "res"))
         out_width = widths[0] if depths[0] > 0 else widths[1]
         self.norm_out = make_norm("rms", out_width)
         self.act_out = nn.ReLU()
@@ -111,7 +129,7 @@ class Decoder(nn.Module):
         x = self.project_in(z) + shortcut  # (B, widths[-1], h, w)
         for stage in reversed(self.stages):
             x = stage(x)  # (B, widths[0 or 1], H or H/2, W or W/2) after stage 0
-        return self.project_out(self.act_out(self.norm_out(x)))  # (B, C, H, W)
+        return _to_layout(self.project_out(act_(self.act_out, self.norm_out(x))), False)  # (B, C, H, W)
 
 
 class DCAE(nn.Module):
