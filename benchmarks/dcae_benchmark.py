@@ -9,12 +9,13 @@ only on CPUs with native bf16 (AVX512-BF16/AMX; elsewhere oneDNN's bf16 convolut
 ~240× slower), with its relative L2 error against our fp32 output.
 
 Memory: each size runs in a fresh child process that builds the whole autoencoder (as `dcae decode` does) and
-decodes a (1, 32, S/32, S/32) latent with `decode_tiled` and the automatic tile size; the peak is the child's
-maximum RSS. `--max-tiles N` stops after N tiles: every tile has the same shape and the output accumulators are
-allocated before the first tile, so the peak is nearly reached (a complete 4096² decode peaked 4% higher), and
-the full time is projected from the per-tile time (default 2; 0 runs every tile). Results go to
-docs/benchmarks/dcae.{json,md}; what a run does not re-measure (the speed table under `--skip-speed`, other sizes)
-is kept from the JSON, and the markdown says which rows came from which command.
+decodes a (1, 32, S/32, S/32) latent with `decode_tiled` and the automatic tile size; the peak is the child's own
+high-water RSS (`VmHWM`; `ru_maxrss` would include the parent's, see `_rss.py`). `--max-tiles N` stops after N
+tiles: every tile has the same shape and the output accumulators are allocated before the first tile, so the peak is
+nearly reached (a complete 4096² decode peaked 4% higher), and the full time is projected from the per-tile time
+(default 2; 0 runs every tile). Results go to docs/benchmarks/dcae.{json,md}; what a run does not re-measure (the
+speed table under `--skip-speed`, other sizes) is kept from the JSON, and the markdown says which rows came from
+which command.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _rss import peak_rss_gib
 
 from dcae import PRESETS, decode_tiled
 from dcae.testing import random_model
@@ -141,7 +142,7 @@ def tiled_child(size: int, max_tiles: int | None, budget_gib: float | None) -> d
         "seconds": elapsed if complete else None,
         "seconds_per_tile": per_tile,
         "projected_seconds": per_tile * n_tiles,
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gib": peak_rss_gib(),
     }
 
 

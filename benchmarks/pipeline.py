@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from _rss import peak_rss_gib
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 PROMPT = "a cat sleeping on a warm sunny windowsill surrounded by pots of blooming red flowers"  # lowercase: diffusers
@@ -47,7 +47,6 @@ FLOW_SHIFT, CFG = 3.0, 4.5
 WARMUP_SIZE, WARMUP_STEPS = 64, 2  # the smallest image (2x2 latents): sets kernels up, costs little
 VARIANTS = ("ours-fp32", "diffusers-fp32", "ours-bf16")  # bf16 last: by far the slowest here
 DTYPES = {"ours-fp32": torch.float32, "ours-bf16": torch.bfloat16}
-GIB_PER_KIB = 1 / 1024**2
 
 
 # --- the shared pipeline folder ----------------------------------------------------------------------------------
@@ -224,7 +223,7 @@ def run_variant(variant: str, folder: Path, size: int, steps: int, repeats: int,
             row = _decode_extrapolated(pipe, row, size, decode_size)
         else:
             torch.save(images.float(), folder.parent / f"image-{variant}.pt")
-    row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * GIB_PER_KIB, 2)  # KiB here
+    row["peak_rss_gib"] = round(peak_rss_gib(), 2)
     return row
 
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _rss import peak_rss_gib
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "text_encoder"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -48,7 +48,7 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_gib() * 1024
 
 
 def _gemma2_2b(dtype: torch.dtype, layers: int):

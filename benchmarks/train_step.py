@@ -16,7 +16,7 @@ clipping (Sana's `gradient_clip` 0.1) and the optimizer update (CAME, the `train
   (`save_linear_dit(model, dir, fmt="diffusers")`), the same loss maths written inline, the same CAME class built
   the same way over its parameters, the same data; checkpointing via `enable_gradient_checkpointing()`.
 
-Every (config, impl, precision, checkpointing) runs in its own subprocess, so the peak RSS (`ru_maxrss`) is per row;
+Every (config, impl, precision, checkpointing) runs in its own subprocess, so the peak RSS (`VmHWM`) is per row;
 ours and diffusers run back to back, so the ratio compares runs made under close conditions. The first step's loss
 and global gradient norm (before clipping) are compared between the two as a correctness check.
 """
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _rss import peak_rss_gib
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 SANA_YAML = "configs/sana_config/512ms/Sana_600M_img512.yaml"  # its train.optimizer: CAMEWrapper, wd 0
@@ -154,7 +154,7 @@ def run_child(
         "first_step_s": round(times[0], 4),
         "first_loss": first[0],
         "first_grad_norm": first[1],
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),  # KiB on Linux
+        "peak_rss_gib": round(peak_rss_gib(), 3),
     }
 
 
