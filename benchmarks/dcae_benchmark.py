@@ -8,14 +8,16 @@ of one 512² image, ours and diffusers in the same process, timed alternately, b
 only on CPUs with native bf16 (AVX512-BF16/AMX; elsewhere oneDNN's bf16 convolutions fall back to reference kernels,
 ~240× slower), with its relative L2 error against our fp32 output.
 
-Memory: each size runs in a fresh child process that builds the whole autoencoder (as `dcae decode` does) and
-decodes a (1, 32, S/32, S/32) latent with `decode_tiled` and the automatic tile size; the peak is the child's own
-high-water RSS (`VmHWM`; `ru_maxrss` would include the parent's, see `_rss.py`). `--max-tiles N` stops after N
-tiles: every tile has the same shape and the output accumulators are allocated before the first tile, so the peak is
-nearly reached (a complete 4096² decode peaked 4% higher), and the full time is projected from the per-tile time
-(default 2; 0 runs every tile). Results go to docs/benchmarks/dcae.{json,md}; what a run does not re-measure (the
-speed table under `--skip-speed`, other sizes) is kept from the JSON, and the markdown says which rows came from
-which command.
+Memory: each size runs in a fresh child process that holds the whole autoencoder and decodes a (1, 32, S/32, S/32)
+latent with `decode_tiled` and the automatic tile size; the peak is the child's own high-water RSS (`VmHWM`;
+`ru_maxrss` would include the parent's, see `_rss.py`). `--weights memory` (default) builds random weights in
+memory, all 1.25 GB resident: an upper bound. `--weights file` saves them once and has the child load them with
+`load_dcae`, as `dcae decode` does; the safetensors file is memory-mapped, so the encoder's weights are never read.
+`--max-tiles N` stops after N tiles: every tile has the same shape and the output accumulators are allocated before
+the first tile, so the peak is nearly reached (a complete 4096² decode peaked 4% higher), and the full time is
+projected from the per-tile time (default 2; 0 runs every tile). Results go to docs/benchmarks/dcae.{json,md}; what
+a run does not re-measure (the speed table under `--skip-speed`, other sizes) is kept from the JSON, and the
+markdown says which rows came from which command.
 """
 
 from __future__ import annotations
@@ -25,19 +27,21 @@ import copy
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from _rss import peak_rss_gib
 
-from dcae import PRESETS, decode_tiled
+from dcae import PRESETS, decode_tiled, load_dcae, save_dcae
 from dcae.testing import random_model
 from dcae.tiling import _starts, _tile_and_stride, auto_tile
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks"
 PRESET = "dc-ae-f32c32-sana-1.1"
+WEIGHTS = {"memory": "built in memory", "file": "loaded from a file"}
 
 
 class _StopAfterError(Exception):
@@ -104,10 +108,15 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float(f"{((out.float() - ref).norm() / ref.norm()).item():.3g}")
 
 
-def tiled_child(size: int, max_tiles: int | None, budget_gib: float | None) -> dict:
-    """Runs in a fresh process: build the model, decode one size², report peak RSS."""
+def tiled_child(size: int, max_tiles: int | None, budget_gib: float | None, weights: str | None = None) -> dict:
+    """Runs in a fresh process: build or load the model, decode one size², report peak RSS.
+
+    weights None: random weights built in memory, all 1.25 GB of them resident (an upper bound). A folder: load it
+    with `load_dcae`, as `dcae decode` does; the safetensors file is memory-mapped, so the encoder's weights are
+    never read into memory.
+    """
     cfg = PRESETS[PRESET]
-    ae = random_model(cfg)
+    ae = random_model(cfg) if weights is None else load_dcae(weights)
     latents = torch.randn(1, 32, size // 32, size // 32)
     budget = None if budget_gib is None else budget_gib * 2**30
     tile = auto_tile(cfg, 1, torch.float32, "decode", budget)
@@ -143,6 +152,7 @@ def tiled_child(size: int, max_tiles: int | None, budget_gib: float | None) -> d
         "seconds_per_tile": per_tile,
         "projected_seconds": per_tile * n_tiles,
         "peak_rss_gib": peak_rss_gib(),
+        "weights": "memory" if weights is None else "file",
     }
 
 
@@ -169,12 +179,16 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results.get("tiled"):
         lines += ["## Tiled decode, fp32, automatic tile", ""]
-        lines += ["| size | tile / overlap | tiles | time | peak RSS | command |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| size | weights | tile / overlap | tiles | time | peak RSS | command |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for t in results["tiled"]:
             run = f"{t['tiles_run']} tiles run, {t['seconds_per_tile']:.0f} s each"
             when = f"{t['seconds']:.0f} s" if t["complete"] else f"{t['projected_seconds']:.0f} s projected ({run})"
             lines.append(
-                f"| {t['size']}² | {t['tile_px']} / {t['overlap_px']} px | {t['tiles_total']} | {when} | "
+                f"| {t['size']}² | {WEIGHTS[t.get('weights', 'memory')]} | {t['tile_px']} / {t['overlap_px']} px | "
+                f"{t['tiles_total']} | {when} | "
                 f"{t['peak_rss_gib']:.2f} GiB | `{t.get('command', results['command'])}` |"
             )
         lines.append("")
@@ -188,9 +202,13 @@ def merge(old: dict, new: dict) -> dict:
     if "speed" not in new and "speed" in old:
         merged["speed"] = old["speed"]
         merged["command"] = old["command"]  # the speed table's command; tiled rows carry their own
-    rows = {t["size"]: {"command": old["command"], **t} for t in old.get("tiled", [])}
-    rows.update({t["size"]: {"command": new["command"], **t} for t in new["tiled"]})
-    merged["tiled"] = [rows[size] for size in sorted(rows)]
+
+    def key(t: dict) -> tuple[int, str]:
+        return t["size"], t.get("weights", "memory")
+
+    rows = {key(t): {"command": old["command"], **t} for t in old.get("tiled", [])}
+    rows.update({key(t): {"command": new["command"], **t} for t in new["tiled"]})
+    merged["tiled"] = [rows[k] for k in sorted(rows)]
     return merged
 
 
@@ -205,11 +223,19 @@ def main() -> None:
         "--max-tiles", type=int, default=2, help="stop each tiled decode after N tiles (0: run them all)"
     )
     parser.add_argument("--memory-budget", type=float, default=None, help="GiB per tile (default: dcae's)")
+    parser.add_argument(
+        "--weights",
+        choices=["memory", "file"],
+        default="memory",
+        help="tiled rows: random weights built in memory (all resident), or saved once and loaded from the file "
+        "as `dcae decode` does (memory-mapped: the encoder's weights are never read)",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--weights-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(tiled_child(args.child, args.max_tiles or None, args.memory_budget)))
+        print(json.dumps(tiled_child(args.child, args.max_tiles or None, args.memory_budget, args.weights_dir)))
         return
     results: dict = {
         "command": "python benchmarks/dcae_benchmark.py " + " ".join(sys.argv[1:]),
@@ -221,13 +247,17 @@ def main() -> None:
         results["speed"] = speed(args.speed_size, args.repeats)
         print(json.dumps(results["speed"]), flush=True)
     results["tiled"] = []
-    for size in args.sizes:
-        cmd = [sys.executable, __file__, "--child", str(size), "--threads", str(args.threads)]
-        cmd += ["--max-tiles", str(args.max_tiles)]
-        cmd += ["--memory-budget", str(args.memory_budget)] if args.memory_budget else []
-        child = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results["tiled"].append(json.loads(child.stdout.strip().splitlines()[-1]))
-        print(json.dumps(results["tiled"][-1]), flush=True)
+    with tempfile.TemporaryDirectory(prefix="dcae-bench-") as tmp:
+        if args.weights == "file" and args.sizes:
+            save_dcae(random_model(PRESETS[PRESET]), tmp)
+        for size in args.sizes:
+            cmd = [sys.executable, __file__, "--child", str(size), "--threads", str(args.threads)]
+            cmd += ["--max-tiles", str(args.max_tiles)]
+            cmd += ["--memory-budget", str(args.memory_budget)] if args.memory_budget else []
+            cmd += ["--weights-dir", tmp] if args.weights == "file" else []
+            child = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            results["tiled"].append(json.loads(child.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results["tiled"][-1]), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     if (OUT / "dcae.json").is_file():
         results = merge(json.loads((OUT / "dcae.json").read_text()), results)
