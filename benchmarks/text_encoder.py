@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from _rss import peak_rss_gib
+from _rss import current_rss_gib, peak_rss_gib
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "text_encoder"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -42,9 +42,7 @@ PROMPTS = [
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith("VmRSS"))
-    return int(line.split()[1]) / 1024
+    return current_rss_gib() * 1024
 
 
 def _peak_rss_mb() -> float:
