@@ -101,6 +101,21 @@ def test_recipe_settings_are_validated():
     assert RecipeSettings(te_skip_layers=0).te_skip_layers == 0  # 0: the LM's last hidden state, Sana's choice
     with pytest.raises(ValueError, match="lm_caption_chain must be 0 or 1, got 2"):
         RecipeSettings(lm_caption_chain=2)
+    with pytest.raises(ValueError, match=r"data_object_scale must be <= 2\.5"):
+        RecipeSettings(data_object_scale=3.0)
+    with pytest.raises(ValueError, match="data_object_scale must be > 0"):
+        RecipeSettings(data_object_scale=0.0)
+
+
+def test_the_data_stage_draws_the_training_images_at_the_object_scale(tmp_path):
+    from sana_data import FolderSource, ground_truth, sample_scene
+
+    s = embedded.recipe_settings(RecipeSettings(images=4), ["data_object_scale=1.5"])
+    assert s.data_object_scale == 1.5 and embedded.first_stage_of("data_object_scale") == "data"
+    assert embedded._stage_data(tmp_path, s, print)["object_scale"] == 1.5
+    sample = FolderSource(tmp_path / "data", caption_suffixes=["_captions"]).load(3)
+    truth = ground_truth(sample_scene(0, 3, split="train", object_scale=1.5))
+    assert sample.extra["object_scale"] == 1.5 and sample.extra["shapes"] == json.loads(json.dumps(truth))
 
 
 def test_the_caption_chain_gives_the_lm_each_prompt_with_its_tags_and_long_caption(tmp_path):

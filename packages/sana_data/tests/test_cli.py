@@ -67,6 +67,20 @@ def test_shapes_folder_and_shards(tmp_path: Path, capsys) -> None:
     assert json.loads((tmp_path / "f" / "meta_data.json").read_text())["img_names"][0] == "00000000.png"
 
 
+def test_shapes_object_scale(tmp_path: Path, capsys) -> None:
+    from sana_data import ground_truth, sample_scene
+
+    assert main(["shapes", str(tmp_path / "f"), "-n", "3", "--sizes", "96x96", "--object-scale", "1.5"]) == 0
+    sample = FolderSource(tmp_path / "f", caption_suffixes=["_captions"]).load(2)
+    truth = ground_truth(sample_scene(0, 2, sizes=[(96, 96)], object_scale=1.5))
+    assert sample.extra["shapes"] == json.loads(json.dumps(truth)) and sample.extra["object_scale"] == 1.5
+    for bad in ("3", "0", "x"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["shapes", str(tmp_path / "g"), "-n", "3", "--object-scale", bad])
+        assert exit_info.value.code == 2 and "--object-scale must be a number in (0, 2.5]" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
 def test_to_shards_index_meta_and_check(toy_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["to-shards", str(toy_dir), "--out", str(tmp_path / "s"), "--samples-per-shard", "5",
                  "--caption-suffix", "_captions"]) == 0  # fmt: skip

@@ -92,3 +92,33 @@ def test_ground_truth_json_rebuilds_the_scene() -> None:
 
     for scene in SCENES[:30]:
         assert scene_from_ground_truth(json.loads(json.dumps(ground_truth(scene)))) == scene
+
+
+BIG = [sample_scene(0, i, object_scale=1.5) for i in range(150)]
+
+
+def test_object_scale_draws_the_same_world_with_bigger_objects() -> None:
+    assert [sample_scene(0, i, object_scale=1.0) for i in range(20)] == SCENES[:20]  # 1 is the original world
+    sides = {scale: [o.square[2] for s in scenes for o in s.objects] for scale, scenes in ((1.0, SCENES), (1.5, BIG))}
+    ratio = np.median(sides[1.5]) / np.median(sides[1.0])
+    assert 1.4 < ratio < 1.6, ratio
+    assert min(sides[1.5]) >= 0.16 * 1.5 * 0.9 * 192 - 1  # the smallest shape of the short side, scaled
+    assert set(Counter(s.kind for s in BIG)) == set(KINDS) and {len(s.objects) for s in BIG} == {1, 2, 3, 4}
+    for scene in BIG[:40]:  # exact ground truth, captions and splits hold at any scale
+        pixels = np.asarray(render(scene)).astype(int)
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            assert (pixels[y0:y1, x0:x1] == obj.rgb).all(-1).sum() == obj.area
+        assert all(o.shape in captions(scene)["prompt"] for o in scene.objects)
+        assert not is_heldout(captions(scene)["prompt"])
+
+
+def test_object_scale_is_recorded_and_checked() -> None:
+    sample = ShapesSource(3, object_scale=1.5).load(2)
+    assert sample.extra["object_scale"] == 1.5 and sample.extra["shapes"] == ground_truth(BIG[2])
+    assert "object_scale" not in ShapesSource(3).load(2).extra  # datasets made before the option stay the same
+    for bad in (0, -1.0, 2.6, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="object_scale must be a number in"):
+            sample_scene(0, 0, object_scale=bad)
+        with pytest.raises(ValueError, match="object_scale"):
+            ShapesSource(3, object_scale=bad)

@@ -59,7 +59,7 @@ RECIPE_CONFIG = Path(__file__).parent / "configs" / "embedded" / "Sana_Shapes_im
 STAGES = ("data", "autoencoder", "text_encoder", "features", "transformer", "decoder", "export", "eval")
 # which `RecipeSettings` fields each stage's output depends on directly (later stages depend on it in turn)
 STAGE_SETTINGS = {
-    "data": ("images", "seed"),
+    "data": ("images", "seed", "data_object_scale"),
     "autoencoder": ("ae_steps", "ae_batch_size", "ae_crop", "ae_crop_candidates", "ae_lr", "ae_latent_weight",
                     "ae_latent_channels"),
     "text_encoder": ("lm_steps", "lm_caption_chain"),
@@ -84,6 +84,10 @@ class RecipeSettings:
 
     images: int = 6000  # shapes-world training images (sizes 256², 192×320, 320×192)
     seed: int = 0  # data world, weights and batch order of every stage
+    # factor on the training images' object sizes (`sana_data.sample_scene`'s object_scale; the eval's held-out
+    # prompts name no size and its images are always the scale-1 world): 1 draws "small" shapes 41 px wide, 1.3
+    # latent pixels of the f32 autoencoder, too few for a star's points or a diamond's corners
+    data_object_scale: float = 1.0
     ae_steps: int = 2500  # autoencoder optimizer steps
     ae_batch_size: int = 8
     ae_crop: int = 128  # random crops (px) the autoencoder trains on
@@ -119,6 +123,11 @@ class RecipeSettings:
                 raise ValueError(f"RecipeSettings.{field.name} must be an int >= {low}, got {value!r}")
         if self.lm_caption_chain not in (0, 1):
             raise ValueError(f"RecipeSettings.lm_caption_chain must be 0 or 1, got {self.lm_caption_chain!r}")
+        from sana_data.shapes import MAX_OBJECT_SCALE
+
+        if self.data_object_scale > MAX_OBJECT_SCALE:
+            raise ValueError(f"RecipeSettings.data_object_scale must be <= {MAX_OBJECT_SCALE} (a large shape must fit "
+                             f"the image), got {self.data_object_scale!r}")  # fmt: skip
         if self.ae_crop % 32:
             raise ValueError(
                 f"RecipeSettings.ae_crop must be a multiple of 32 (the f32 compression), got {self.ae_crop}"
@@ -235,13 +244,13 @@ def _stage_data(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> di
     target = work / "data"
     tmp = work / f".data-{uuid.uuid4().hex[:8]}"
     try:
-        write_folder(ShapesSource(s.images, seed=s.seed, split="train"), tmp)
+        write_folder(ShapesSource(s.images, seed=s.seed, split="train", object_scale=s.data_object_scale), tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"images": s.images, "folder": str(target)}
+    return {"images": s.images, "object_scale": s.data_object_scale, "folder": str(target)}
 
 
 def _stage_autoencoder(work: Path, s: RecipeSettings, say: Callable[[str], None]) -> dict[str, Any]:
@@ -517,7 +526,8 @@ def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = N
 
 # RecipeSettings fields added after runs were recorded, with the value those runs used without naming it. A field
 # missing here (the decoder stage's: those runs had no such stage) stays missing, so it reads as a changed setting.
-BEFORE_FIELD = {"ae_crop_candidates": 1, "te_skip_layers": 0, "ae_latent_channels": 32, "lm_caption_chain": 0}
+BEFORE_FIELD = {"ae_crop_candidates": 1, "te_skip_layers": 0, "ae_latent_channels": 32, "lm_caption_chain": 0,
+                "data_object_scale": 1.0}  # fmt: skip
 
 
 def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
@@ -628,6 +638,12 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
         if s["lm_caption_chain"]
         else "the images' prompts"
     )
+    object_scale = ""
+    if s.get("data_object_scale", 1.0) != 1.0:
+        object_scale = (
+            f" Their objects are drawn {s['data_object_scale']}× as large as the evaluation world's "
+            "(`data_object_scale`); the evaluation prompts name no size."
+        )
     decoder = ""
     if "dec_steps" in s:  # runs recorded before the decoder stage had none
         decoder = (
@@ -656,7 +672,7 @@ Folder size: {size / 2**20:.1f} MiB (safetensors; the transformer stored in bf16
 ## Data and training
 
 - {s["images"]} shapes-world images of the training split (seed {s["seed"]}); the evaluation prompts come from the
-  held-out split, never seen in training.
+  held-out split, never seen in training.{object_scale}
 - Autoencoder: {s["ae_steps"]} steps, batch {s["ae_batch_size"]}, {s["ae_crop"]} px crops (of
   {s["ae_crop_candidates"]} random crops, the one with the most edges), L1 + L2 + SSIM + Sobel-edge losses
   and a mean(z²) latent penalty ({s["ae_latent_weight"]}), lr {s["ae_lr"]}.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from .buckets import get_table
 from .dataset import source_buckets
 from .folder import write_folder, write_meta_data
 from .records import ImageTextSource, NoUsableSampleError
-from .shapes import ShapesSource
+from .shapes import MAX_OBJECT_SCALE, ShapesSource
 from .shards import write_shards, write_wids_index
 from .sources import open_source
 
@@ -36,6 +37,16 @@ def _sizes(text: str) -> list[tuple[int, int]]:
         return [(int(h), int(w)) for h, w in (item.lower().split("x") for item in text.split(","))]
     except ValueError:
         raise argparse.ArgumentTypeError(f"sizes must look like 256x256,192x320 (HxW), got {text!r}") from None
+
+
+def _object_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_OBJECT_SCALE:
+        raise argparse.ArgumentTypeError(f"--object-scale must be a number in (0, {MAX_OBJECT_SCALE}], got {text!r}")
+    return value
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +60,9 @@ def _source(args: argparse.Namespace) -> ImageTextSource:
 
 
 def _cmd_shapes(args: argparse.Namespace) -> int:
-    source = ShapesSource(args.n, seed=args.seed, start=args.start, sizes=args.sizes, split=args.split)
+    source = ShapesSource(
+        args.n, seed=args.seed, start=args.start, sizes=args.sizes, split=args.split, object_scale=args.object_scale
+    )
     if args.format == "shards":
         write_shards(source, args.out, samples_per_shard=args.samples_per_shard, name="shapes")
     else:
@@ -122,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="first scene index (to extend a dataset)")
     p.add_argument("--sizes", type=_sizes, default=[(256, 256), (192, 320), (320, 192)], help="HxW list")
     p.add_argument("--split", choices=["train", "heldout", "any"], default="train")
+    p.add_argument("--object-scale", type=_object_scale, default=1.0,
+                   help="factor on every object's size (1: the evaluator's world; up to 2.5)")  # fmt: skip
     p.add_argument("--format", choices=["folder", "shards"], default="folder")
     p.add_argument("--samples-per-shard", type=int, default=1000)
     p.set_defaults(fn=_cmd_shapes)

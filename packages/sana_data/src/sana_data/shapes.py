@@ -45,6 +45,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "diamond", "star")
 SIZES: dict[str, float] = {"small": 0.16, "medium": 0.24, "large": 0.32}  # box side / min(H, W)
+MAX_OBJECT_SCALE = 2.5  # `object_scale` bound: a large shape (0.32 * 1.1 of the short side) must fit the image
 RELATIONS = ("left of", "right of", "above", "below")
 RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 KINDS: dict[str, float] = {"single": 0.25, "pair": 0.2, "counting": 0.2, "position": 0.2, "scene": 0.15}
@@ -164,11 +165,11 @@ def _holds(relation: str, a: tuple[int, int, int], b: tuple[int, int, int]) -> b
 
 
 def _place(
-    rng: _Rng, specs: list[tuple[str, str, str]], height: int, width: int, relation: str | None
+    rng: _Rng, specs: list[tuple[str, str, str]], height: int, width: int, relation: str | None, scale: float
 ) -> list[_Placement] | None:
     taken: list[tuple[int, int, int]] = []
     for k, (_, _, size) in enumerate(specs):
-        side = max(8, int(SIZES[size] * min(height, width) * rng.uniform(0.9, 1.1)))
+        side = max(8, int(SIZES[size] * scale * min(height, width) * rng.uniform(0.9, 1.1)))
         for _ in range(200):
             x0, y0 = rng.integer(0, width - side), rng.integer(0, height - side)
             if _free(x0, y0, side, taken) and (
@@ -198,11 +199,11 @@ def _specs(rng: _Rng, kind: str) -> list[tuple[str, str, str]]:
     return [one() for _ in range(rng.integer(1, 4))]
 
 
-def _try_scene(rng: _Rng, size: tuple[int, int]) -> Scene | None:
+def _try_scene(rng: _Rng, size: tuple[int, int], scale: float) -> Scene | None:
     height, width = size
     kind = rng.weighted(KINDS)
     relation = rng.choice(RELATIONS) if kind == "position" else None
-    placements = _place(rng, _specs(rng, kind), height, width, relation)
+    placements = _place(rng, _specs(rng, kind), height, width, relation, scale)
     if placements is None:
         return None
     objects = []
@@ -214,19 +215,37 @@ def _try_scene(rng: _Rng, size: tuple[int, int]) -> Scene | None:
     return Scene(height, width, background, kind, tuple(objects), (0, relation, 1) if relation else None)
 
 
+def _check_object_scale(scale: float) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= MAX_OBJECT_SCALE:
+        raise ValueError(f"object_scale must be a number in (0, {MAX_OBJECT_SCALE}] (a factor on the object sizes "
+                         f"{SIZES}), got {scale!r}")  # fmt: skip
+
+
 def is_heldout(prompt: str, fraction: float = HELDOUT_FRACTION) -> bool:
     """Whether a prompt belongs to the held-out split (a fixed hash of the prompt text)."""
     return sample_seed("heldout", prompt) % 10_000 < fraction * 10_000
 
 
 def sample_scene(
-    seed: int, index: int, *, sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES, split: Split = "train"
+    seed: int,
+    index: int,
+    *,
+    sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
+    split: Split = "train",
+    object_scale: float = 1.0,
 ) -> Scene:
-    """Scene `index` of the world `seed` (a pure function of its arguments)."""
+    """Scene `index` of the world `seed` (a pure function of its arguments).
+
+    `object_scale` multiplies every object's side (the `SIZES` fractions): 1 is the world the evaluator samples
+    its held-out prompts from; a larger scale draws the same kinds of scene with bigger objects, for models whose
+    latents are too coarse for the small ones (a 41 px "small" shape is 1.3 latent pixels of a 32x autoencoder).
+    The size class names and the captions stay as they are. With scale 1 the scenes are exactly the original ones.
+    """
+    _check_object_scale(object_scale)
     rng = _Rng("shapes", seed, index)
     size = tuple(rng.choice(list(sizes)))
     for _ in range(1000):
-        scene = _try_scene(rng, size)
+        scene = _try_scene(rng, size, object_scale)
         if scene is not None and (split == "any" or is_heldout(captions(scene)["prompt"]) == (split == "heldout")):
             return scene
     raise RuntimeError(f"no {split} scene found for seed={seed}, index={index}, size={size}")
@@ -350,7 +369,8 @@ class ShapesSource:
     """`n` samples of the shapes world as an `ImageTextSource`, rendered on demand (nothing on disk).
 
     Sample i is scene `start + i` of world `seed`; its key is that number zero-padded to 8 digits. Captions:
-    `prompt`, `tags`, `long`; `extra` holds `{"seed", "index", "shapes": ground_truth(scene)}`.
+    `prompt`, `tags`, `long`; `extra` holds `{"seed", "index", "shapes": ground_truth(scene)}`, and
+    `"object_scale"` when it is not 1 (see `sample_scene`).
     """
 
     def __init__(
@@ -361,8 +381,11 @@ class ShapesSource:
         start: int = 0,
         sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
         split: Split = "train",
+        object_scale: float = 1.0,
     ) -> None:
+        _check_object_scale(object_scale)
         self.n, self.seed, self.start, self.sizes, self.split = n, seed, start, tuple(sizes), split
+        self.object_scale = float(object_scale)
         self.report = SkipReport()
         self._scenes: dict[int, Scene] = {}
 
@@ -373,7 +396,9 @@ class ShapesSource:
         if not 0 <= index < self.n:
             raise IndexError(index)
         if index not in self._scenes:
-            self._scenes[index] = sample_scene(self.seed, self.start + index, sizes=self.sizes, split=self.split)
+            self._scenes[index] = sample_scene(
+                self.seed, self.start + index, sizes=self.sizes, split=self.split, object_scale=self.object_scale
+            )
         return self._scenes[index]
 
     def info(self, index: int) -> SampleInfo:
@@ -383,4 +408,6 @@ class ShapesSource:
     def load(self, index: int) -> RawSample:
         scene = self.scene(index)
         extra = {"seed": self.seed, "index": self.start + index, "shapes": ground_truth(scene)}
+        if self.object_scale != 1.0:
+            extra["object_scale"] = self.object_scale
         return RawSample(self.info(index), render(scene), captions(scene), {}, extra)
