@@ -114,7 +114,7 @@ def test_recipe_settings_are_validated():
     assert RecipeSettings(te_skip_layers=0).te_skip_layers == 0  # 0: the LM's last hidden state, Sana's choice
     with pytest.raises(ValueError, match="lm_caption_chain must be 0 or 1, got 2"):
         RecipeSettings(lm_caption_chain=2)
-    with pytest.raises(ValueError, match=r"data_object_scale must be <= 2\.5"):
+    with pytest.raises(ValueError, match=r"data_object_scale: object_scale must be a number in \(0, 2\.5\]"):
         RecipeSettings(data_object_scale=3.0)
     with pytest.raises(ValueError, match="data_object_scale must be > 0"):
         RecipeSettings(data_object_scale=0.0)

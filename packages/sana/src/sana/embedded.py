@@ -124,11 +124,12 @@ class RecipeSettings:
                 raise ValueError(f"RecipeSettings.{field.name} must be an int >= {low}, got {value!r}")
         if self.lm_caption_chain not in (0, 1):
             raise ValueError(f"RecipeSettings.lm_caption_chain must be 0 or 1, got {self.lm_caption_chain!r}")
-        from sana_data.shapes import MAX_OBJECT_SCALE
+        from sana_data.shapes import check_object_scale
 
-        if self.data_object_scale > MAX_OBJECT_SCALE:
-            raise ValueError(f"RecipeSettings.data_object_scale must be <= {MAX_OBJECT_SCALE} (a large shape must fit "
-                             f"the image), got {self.data_object_scale!r}")  # fmt: skip
+        try:
+            check_object_scale(self.data_object_scale)
+        except ValueError as exc:
+            raise ValueError(f"RecipeSettings.data_object_scale: {exc}") from None
         if self.ae_crop % 32:
             raise ValueError(
                 f"RecipeSettings.ae_crop must be a multiple of 32 (the f32 compression), got {self.ae_crop}"

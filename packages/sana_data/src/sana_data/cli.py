@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from .buckets import get_table
 from .dataset import source_buckets
 from .folder import write_folder, write_meta_data
 from .records import ImageTextSource, NoUsableSampleError
-from .shapes import MAX_OBJECT_SCALE, ShapesSource
+from .shapes import MAX_OBJECT_SCALE, ShapesSource, check_object_scale
 from .shards import write_shards, write_wids_index
 from .sources import open_source
 
@@ -42,10 +41,11 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 def _object_scale(text: str) -> float:
     try:
         value = float(text)
+        check_object_scale(value)
     except ValueError:
-        value = math.nan
-    if not 0 < value <= MAX_OBJECT_SCALE:
-        raise argparse.ArgumentTypeError(f"--object-scale must be a number in (0, {MAX_OBJECT_SCALE}], got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--object-scale must be a number in (0, {MAX_OBJECT_SCALE}], got {text!r}"
+        ) from None
     return value
 
 

@@ -215,7 +215,8 @@ def _try_scene(rng: _Rng, size: tuple[int, int], scale: float) -> Scene | None:
     return Scene(height, width, background, kind, tuple(objects), (0, relation, 1) if relation else None)
 
 
-def _check_object_scale(scale: float) -> None:
+def check_object_scale(scale: float) -> None:
+    """A `ValueError` unless `scale` is a number in (0, `MAX_OBJECT_SCALE`]: the one check of `object_scale`."""
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale <= MAX_OBJECT_SCALE:
         raise ValueError(f"object_scale must be a number in (0, {MAX_OBJECT_SCALE}] (a factor on the object sizes "
                          f"{SIZES}), got {scale!r}")  # fmt: skip
@@ -241,7 +242,7 @@ def sample_scene(
     latents are too coarse for the small ones (a 41 px "small" shape is 1.3 latent pixels of a 32x autoencoder).
     The size class names and the captions stay as they are. With scale 1 the scenes are exactly the original ones.
     """
-    _check_object_scale(object_scale)
+    check_object_scale(object_scale)
     rng = _Rng("shapes", seed, index)
     size = tuple(rng.choice(list(sizes)))
     for _ in range(1000):
@@ -383,7 +384,7 @@ class ShapesSource:
         split: Split = "train",
         object_scale: float = 1.0,
     ) -> None:
-        _check_object_scale(object_scale)
+        check_object_scale(object_scale)
         self.n, self.seed, self.start, self.sizes, self.split = n, seed, start, tuple(sizes), split
         self.object_scale = float(object_scale)
         self.report = SkipReport()
