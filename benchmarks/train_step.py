@@ -217,7 +217,7 @@ def _cases(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     if not args.tiny_only:
         cases += [("embedded", "fp32", False), ("sana-600m", "fp32", False), ("sana-600m", "fp32", True)]
         if not args.no_bf16:
-            cases.append(("sana-600m", "bf16", False))
+            cases += [("embedded", "bf16", False), ("sana-600m", "bf16", False)]
             if args.bf16_ckpt:
                 cases.append(("sana-600m", "bf16", True))
     return [c for c in cases if not args.only or c[0] in args.only]
@@ -275,7 +275,8 @@ def _markdown(report: dict) -> str:
     note = (
         "\nCommand: `python benchmarks/train_step.py` (or `nox -s benchmarks -- benchmarks/train_step.py`). One step ="
         " forward + MSE flow loss + backward + grad clip + CAME update on precomputed latents/text features (the DiT"
-        " part of training); each row is its own process. bf16 = `torch.autocast` on an AVX2-only CPU (emulated)."
+        " part of training); each row is its own process. bf16 = `torch.autocast` (emulated on an AVX2-only CPU,"
+        " native on one with AVX512-BF16)."
         f"\n{env['cpu']} ({env['cpu_capability']}), {env['threads']} threads, torch {env['torch']}, diffusers "
         f"{env['diffusers']}; load average before the run {env['loadavg_before']} (the 2 cores are shared: noisy, "
         "min of N kept). Steps timed (after warm-up ones): "
@@ -284,7 +285,9 @@ def _markdown(report: dict) -> str:
     )
     for later in report.get("updates", []):  # `--only` runs merged into this report
         note += (
-            f"Rows of {', '.join(later['only'])} re-measured on {later['date']} (load average before "
+            f"Rows of {', '.join(later['only'])} re-measured on {later['date']}"
+            + (f" on {later['cpu']} ({later['cpu_capability']})" if "cpu" in later else "")
+            + " (load average before "
             f"{later['loadavg_before']}, torch {later['torch']}, {later['wall_s']:.0f} s).\n"
         )
     return "\n".join(rows) + "\n" + note
@@ -304,7 +307,8 @@ def _merge(report: dict, only: list[str]) -> dict:
     kept = [r for r in old["results"] if (r["arch"], r["precision"], r["checkpointing"]) not in fresh]
     env = report["environment"]
     update = {"only": only, "date": time.strftime("%Y-%m-%d"), "loadavg_before": env["loadavg_before"],
-              "torch": env["torch"], "wall_s": report["wall_s"]}  # fmt: skip
+              "torch": env["torch"], "wall_s": report["wall_s"], "cpu": env["cpu"],
+              "cpu_capability": env["cpu_capability"]}  # fmt: skip
     updates = [u for u in old.get("updates", []) if set(u["only"]) - set(only)] + [update]
     order = list(LABELS)
     results = sorted(kept + report["results"], key=lambda r: order.index(r["arch"]))
