@@ -114,6 +114,8 @@ def test_recipe_settings_are_validated():
     assert RecipeSettings(te_skip_layers=0).te_skip_layers == 0  # 0: the LM's last hidden state, Sana's choice
     with pytest.raises(ValueError, match="lm_caption_chain must be 0 or 1, got 2"):
         RecipeSettings(lm_caption_chain=2)
+    with pytest.raises(ValueError, match="dit_bf16 must be 0 or 1, got 2"):
+        RecipeSettings(dit_bf16=2)
     with pytest.raises(ValueError, match=r"data_object_scale: object_scale must be a number in \(0, 2\.5\]"):
         RecipeSettings(data_object_scale=3.0)
     with pytest.raises(ValueError, match="data_object_scale must be > 0"):
@@ -172,8 +174,11 @@ def test_latent_channels_set_the_autoencoder_and_the_transformer_config(tmp_path
     text = tmp_path / "text_encoder"
     text.mkdir()
     (text / "config.json").write_text(json.dumps({"hidden_size": 128}))
-    cfg = embedded.recipe_config(tmp_path, RecipeSettings(ae_latent_channels=16))
-    assert cfg.vae.vae_latent_dim == 16
+    cfg = embedded.recipe_config(tmp_path, RecipeSettings(ae_latent_channels=16, dit_bf16=0))
+    assert cfg.vae.vae_latent_dim == 16 and cfg.model.mixed_precision == "fp32"
+    # dit_bf16=1: the transformer stage trains under bf16 autocast, a setting of that stage alone
+    assert embedded.recipe_config(tmp_path, RecipeSettings(dit_bf16=1)).model.mixed_precision == "bf16"
+    assert embedded.first_stage_of("dit_bf16") == "transformer"
 
 
 def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_path):
@@ -205,6 +210,10 @@ def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_pat
     assert embedded._open_record(tmp_path, RecipeSettings(**{**vars(QUICK), "data_object_scale": 1.0}))["done"] == [
         "data"
     ]
+    # runs from before dit_bf16 trained the transformer in fp32
+    before_bf16 = {k: v for k, v in vars(QUICK).items() if k != "dit_bf16"}
+    (tmp_path / "recipe.json").write_text(json.dumps({**record, "settings": before_bf16}))
+    assert embedded._open_record(tmp_path, RecipeSettings(**{**vars(QUICK), "dit_bf16": 0}))["done"] == ["data"]
     # a run from before the decoder stage had none: its missing settings are a change, so the stage is not skipped
     before = {k: v for k, v in vars(QUICK).items() if k not in ("dec_steps", "dec_lr")}
     (tmp_path / "recipe.json").write_text(json.dumps({**record, "settings": before}))
@@ -214,15 +223,16 @@ def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_pat
 
 @pytest.mark.slow
 def test_sana_train_embedded_set_trains_another_latent_width(tmp_path, capsys):
-    """`sana train-embedded --quick --set ae_latent_channels=8 --set lm_caption_chain=0`: the autoencoder, the
-    transformer and the card all use 8 latent channels, the text encoder pretrains on the prompts alone (the
-    default, the caption chain, runs in the recipe test below), and the pipeline generates with them."""
+    """`sana train-embedded --quick --set ae_latent_channels=8 --set lm_caption_chain=0 --set dit_bf16=1`: the
+    autoencoder, the transformer and the card all use 8 latent channels, the text encoder pretrains on the prompts
+    alone (the default, the caption chain, runs in the recipe test below), the transformer trains under bf16
+    autocast, and the pipeline generates with them."""
     from sana.cli import main
     from sana.pipeline import SanaPipeline
 
     work = tmp_path / "work"
     argv = ["train-embedded", "--quick", "--work-dir", str(work), "--set", "ae_latent_channels=8"]
-    assert main([*argv, "--set", "dit_steps=2", "--set", "lm_caption_chain=0"]) == 0
+    assert main([*argv, "--set", "dit_steps=2", "--set", "lm_caption_chain=0", "--set", "dit_bf16=1"]) == 0
     record = json.loads((work / "recipe.json").read_text())
     assert record["settings"]["ae_latent_channels"] == 8 and record["results"]["transformer"]["steps"] == 2
     pipe = SanaPipeline.from_pretrained(work / "model")
@@ -230,6 +240,7 @@ def test_sana_train_embedded_set_trains_another_latent_width(tmp_path, capsys):
     assert pipe.denoiser.config.in_channels == 8
     card = (work / "model" / "README.md").read_text()
     assert "DC-AE f32, 8 latent channels" in card and "of 64 texts (the images' prompts)" in card
+    assert "AdamW lr 0.0003, bf16 autocast (fp32 weights)" in card
     image = pipe("a red circle", height=256, width=256, num_inference_steps=2, seed=0, progress=False)
     assert image.shape == (1, 3, 256, 256)
     capsys.readouterr()

@@ -64,7 +64,7 @@ STAGE_SETTINGS = {
                     "ae_latent_channels"),
     "text_encoder": ("lm_steps", "lm_caption_chain"),
     "features": ("te_skip_layers",),
-    "transformer": ("dit_steps", "dit_batch_size", "dit_lr"),
+    "transformer": ("dit_steps", "dit_batch_size", "dit_lr", "dit_bf16"),
     "decoder": ("dec_steps", "dec_lr"),
     "export": (),
     "eval": ("eval_prompts", "eval_steps", "ae_eval_images"),
@@ -106,6 +106,10 @@ class RecipeSettings:
     dit_steps: int = 3000  # Linear DiT optimizer steps
     dit_batch_size: int = 32
     dit_lr: float = 3e-4  # 1e-3 let the prompt's influence fade (benchmarks/dit_recipe_sweep.py)
+    # 1: bf16 autocast (`model.mixed_precision: bf16`; weights, optimizer and EMA stay fp32). On a CPU with
+    # AVX512-BF16 a step takes 0.81x the fp32 time (benchmarks/train_step.py --only embedded); on an AVX2-only CPU
+    # bf16 is emulated and far slower, so keep 0 there
+    dit_bf16: int = 0
     dec_steps: int = 600  # decoder refinement, encoder frozen, with the PatchGAN term: sharper corners
     dec_lr: float = 3e-4
     eval_prompts: int = 300  # held-out prompts for the GenEval-style score (0: no eval stage)
@@ -119,11 +123,12 @@ class RecipeSettings:
                 if not value > 0:
                     raise ValueError(f"RecipeSettings.{field.name} must be > 0, got {value!r}")
                 continue
-            low = 0 if field.name in ("seed", "eval_prompts", "te_skip_layers", "lm_caption_chain") else 1
+            low = 0 if field.name in ("seed", "eval_prompts", "te_skip_layers", "lm_caption_chain", "dit_bf16") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"RecipeSettings.{field.name} must be an int >= {low}, got {value!r}")
-        if self.lm_caption_chain not in (0, 1):
-            raise ValueError(f"RecipeSettings.lm_caption_chain must be 0 or 1, got {self.lm_caption_chain!r}")
+        for name in ("lm_caption_chain", "dit_bf16"):
+            if getattr(self, name) not in (0, 1):
+                raise ValueError(f"RecipeSettings.{name} must be 0 or 1, got {getattr(self, name)!r}")
         from sana_data.shapes import check_object_scale
 
         try:
@@ -339,6 +344,7 @@ def recipe_config(
             "train.max_steps": s.dit_steps,
             "train.train_batch_size": s.dit_batch_size,
             "train.optimizer.lr": s.dit_lr,
+            "model.mixed_precision": "bf16" if s.dit_bf16 else "fp32",
             "train.seed": s.seed,
             "work_dir": str(work / "transformer"),
             **({"model.resume_from.checkpoint": "latest"} if resume else {}),
@@ -529,7 +535,7 @@ def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = N
 # RecipeSettings fields added after runs were recorded, with the value those runs used without naming it. A field
 # missing here (the decoder stage's: those runs had no such stage) stays missing, so it reads as a changed setting.
 BEFORE_FIELD = {"ae_crop_candidates": 1, "te_skip_layers": 0, "ae_latent_channels": 32, "lm_caption_chain": 0,
-                "data_object_scale": 1.0}  # fmt: skip
+                "data_object_scale": 1.0, "dit_bf16": 0}  # fmt: skip
 
 
 def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
@@ -646,6 +652,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
             f" Their objects are drawn {s['data_object_scale']}× as large as the evaluation world's "
             "(`data_object_scale`); the evaluation prompts name no size."
         )
+    dit_optimizer = f"AdamW lr {s['dit_lr']}" + (", bf16 autocast (fp32 weights)" if s.get("dit_bf16") else "")
     decoder = ""
     if "dec_steps" in s:  # runs recorded before the decoder stage had none
         decoder = (
@@ -681,7 +688,7 @@ Folder size: {size / 2**20:.1f} MiB (safetensors; the transformer stored in bf16
 - Text encoder: causal-LM pretraining, {s["lm_steps"]} steps of 64 texts ({lm_texts}); held-out perplexity
   {results.get("text_encoder", {}).get("heldout_perplexity", float("nan")):.2f}. Captions are encoded with
   `skip_layers={s["te_skip_layers"]}`: the hidden state that many blocks before the last (0: the last).
-- Transformer: {s["dit_steps"]} steps, batch {s["dit_batch_size"]}, AdamW lr {s["dit_lr"]}, flow matching with
+- Transformer: {s["dit_steps"]} steps, batch {s["dit_batch_size"]}, {dit_optimizer}, flow matching with
   logit-normal timesteps, 10% caption dropout (CFG), caption RMSNorm started at {caption_norm}, EMA weights
   shipped.{decoder}{redone}
 
