@@ -103,13 +103,15 @@ class RecipeSettings:
     # (three transformers each, docs/embedded.md)
     lm_caption_chain: int = 1
     te_skip_layers: int = 2  # features from 2 blocks before the LM's last: the last barely keeps the shape word
-    dit_steps: int = 3000  # Linear DiT optimizer steps
+    # Linear DiT optimizer steps. 6000 with dit_bf16=1 (shipped 2026-12-03): 52 min, overall 0.037 -> 0.223 against
+    # 3000 in fp32 (32 min); the blobby shapes were an undertrained transformer (docs/embedded.md)
+    dit_steps: int = 6000
     dit_batch_size: int = 32
     dit_lr: float = 3e-4  # 1e-3 let the prompt's influence fade (benchmarks/dit_recipe_sweep.py)
     # 1: bf16 autocast (`model.mixed_precision: bf16`; weights, optimizer and EMA stay fp32). On a CPU with
     # AVX512-BF16 a step takes 0.81x the fp32 time (benchmarks/train_step.py --only embedded); on an AVX2-only CPU
-    # bf16 is emulated and far slower, so keep 0 there
-    dit_bf16: int = 0
+    # bf16 is emulated and far slower: set 0 there (and fewer dit_steps to stay near 90 min)
+    dit_bf16: int = 1
     dec_steps: int = 600  # decoder refinement, encoder frozen, with the PatchGAN term: sharper corners
     dec_lr: float = 3e-4
     eval_prompts: int = 300  # held-out prompts for the GenEval-style score (0: no eval stage)
