@@ -383,3 +383,14 @@ def test_a_failed_save_leaves_the_previous_checkpoint_valid(assets, tmp_path, mo
         )
     )
     assert resumed.state.step == 4 and not list((tmp_path / "checkpoints").glob(".tmp_*"))
+
+
+def test_runs_of_different_precisions_follow_each_other_in_one_process(tmp_path):
+    """accelerate allows one mixed precision per process; each training run starts its own state, so a bf16 run
+    (the embedded recipe's transformer stage) can be followed by an fp32 one (a test suite, a notebook)."""
+    from sana.embedded import RECIPE_CONFIG
+    from sana.train.loop import _accelerator
+
+    for precision, expected in [("bf16", "bf16"), ("fp32", "no"), ("bf16", "bf16")]:
+        cfg = load_config(RECIPE_CONFIG, {"model.mixed_precision": precision})
+        assert _accelerator(cfg, tmp_path).mixed_precision == expected

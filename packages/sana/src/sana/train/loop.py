@@ -125,8 +125,13 @@ def _set_null_caption(model: Any, null: torch.Tensor) -> None:
 
 def _accelerator(cfg: SanaConfig, work_dir: Path) -> Any:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
+    # accelerate keeps one precision per process and refuses an Accelerator with another; each run owns its state,
+    # so a second run in the process (the recipe's bf16 transformer, then a fp32 one; a notebook) starts afresh.
+    # The distributed part (PartialState: process group, device) is kept.
+    AcceleratorState._reset_state()
     precision = _ACCELERATE_PRECISION[cfg.model.mixed_precision]
     if precision == "fp16" and not torch.cuda.is_available():
         log.info("model.mixed_precision=fp16 needs a GPU (loss scaling); training in fp32 on this CPU")
