@@ -40,13 +40,16 @@ def text_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
     return torch.bfloat16
 
 
+def slow_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 kernels are emulated on `device`: a CPU without AVX-512, where they fall back to reference code
+    many times slower than fp32."""
+    return torch.device(device).type == "cpu" and not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def autoencoder_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
-    """The autoencoder's dtype in a pipeline running in `dtype`: float32 for bf16 on CPUs without AVX-512, where
-    bf16 convolutions fall back to reference kernels (a 512² DC-AE decode takes hours instead of minutes)."""
-    cpu_without_bf16 = torch.device(device).type == "cpu" and not torch.backends.cpu.get_cpu_capability().startswith(
-        "AVX512"
-    )
-    if dtype == torch.bfloat16 and cpu_without_bf16:
+    """The autoencoder's dtype in a pipeline running in `dtype`: float32 for bf16 where `slow_bf16`, since bf16
+    convolutions there fall back to reference kernels (a 512² DC-AE decode takes hours instead of minutes)."""
+    if dtype == torch.bfloat16 and slow_bf16(device):
         log.info("bf16 mode on a CPU without AVX-512: the autoencoder runs in float32")
         return torch.float32
     return dtype

@@ -136,11 +136,7 @@ def _accelerator(cfg: SanaConfig, work_dir: Path) -> Any:
     if precision == "fp16" and not torch.cuda.is_available():
         log.info("model.mixed_precision=fp16 needs a GPU (loss scaling); training in fp32 on this CPU")
         precision = "no"
-    if (
-        precision == "bf16"
-        and not torch.cuda.is_available()
-        and not torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    ):
+    if precision == "bf16" and _compose.slow_bf16("cuda" if torch.cuda.is_available() else "cpu"):
         log.warning(
             "model.mixed_precision=bf16 on a CPU without AVX-512: bf16 kernels are emulated here and a step can take "
             "several times as long as in fp32; set model.mixed_precision=fp32"
