@@ -196,6 +196,13 @@ def test_eval_shapes_writes_a_report_and_a_grid(tiny_diffusers_pipeline_dir, tmp
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / "report.json").read_text())["autoencoder"] is None
     assert "Autoencoder not checked" in (out / "report.md").read_text()
+    # --pag_scale > 1 evaluates with PAG on (the default 1.0 is off): other images, recorded in the report
+    plain = (out / "grid.png").read_bytes()
+    code = main(["eval", "shapes", "--model_path", str(tiny_diffusers_pipeline_dir), "-n", "6", "--size", "32",
+                 "--steps", "1", "--ae_images", "0", "--pag_scale", "3", "-o", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text())["settings"]["pag_scale"] == 3.0
+    assert (out / "grid.png").read_bytes() != plain
     capsys.readouterr()
     assert main(["eval", "shapes", "--model_path", "/nonexistent", "--ae_images", "-1", "-o", str(out)]) == 2
     assert "--ae_images must be >= 0" in capsys.readouterr().err

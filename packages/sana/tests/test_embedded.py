@@ -241,6 +241,7 @@ def test_sana_train_embedded_set_trains_another_latent_width(tmp_path, capsys):
     card = (work / "model" / "README.md").read_text()
     assert "DC-AE f32, 8 latent channels" in card and "of 64 texts (the images' prompts)" in card
     assert "AdamW lr 0.0003, bf16 autocast (fp32 weights)" in card
+    assert f"-core CPU ({torch.backends.cpu.get_cpu_capability()})" in card  # the record names the CPU's kind
     image = pipe("a red circle", height=256, width=256, num_inference_steps=2, seed=0, progress=False)
     assert image.shape == (1, 3, 256, 256)
     capsys.readouterr()
@@ -248,6 +249,37 @@ def test_sana_train_embedded_set_trains_another_latent_width(tmp_path, capsys):
     assert f"ae_latent_channels: 8 -> {RecipeSettings().ae_latent_channels}" in capsys.readouterr().err
     assert main(["train-embedded", "--quick", "--work-dir", str(work), "--set", "ae_latent_channel=8"]) == 2
     assert "expected NAME=VALUE with NAME one of" in capsys.readouterr().err
+
+
+def test_the_recipe_command_refuses_emulated_bf16_before_any_stage_starts(tmp_path, monkeypatch, capsys):
+    """On a CPU that emulates bf16 (no AVX-512) the default dit_bf16=1 would train the transformer for about a day:
+    `sana train-embedded` refuses before anything is written and says how to go on; naming dit_bf16 goes on."""
+    from sana import _compose
+    from sana.cli import main
+
+    monkeypatch.setattr(_compose, "slow_bf16", lambda device: True)
+    work = tmp_path / "work"
+    assert main(["train-embedded", "--work-dir", str(work), "--threads", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "dit_bf16=1 trains the transformer under bf16 autocast" in err and "no AVX-512" in err
+    assert "the 6000-step stage would take about 22 h there, against 1.1 h in fp32" in err
+    assert "--set dit_bf16=0" in err and not work.exists()
+    # the caller who names the precision gets the run (the recipe itself stubbed: only the decision is tested)
+    calls = []
+    monkeypatch.setattr(embedded, "train_embedded", lambda *a, **k: calls.append(a[1]) or {"seconds": {}})
+    assert main(["train-embedded", "--work-dir", str(work), "--set", "dit_bf16=1"]) == 0
+    assert main(["train-embedded", "--work-dir", str(work), "--set", "dit_bf16=0", "--set", "dit_steps=4000"]) == 0
+    assert [(c.dit_bf16, c.dit_steps) for c in calls] == [(1, 6000), (0, 4000)]
+    # fp32 is never refused; a run whose transformer is trained already is not; nor is a CPU with native bf16
+    assert embedded.emulated_bf16_refusal(work, RecipeSettings(dit_bf16=0)) is None
+    work.mkdir()
+    (work / "recipe.json").write_text(json.dumps({"done": ["data", "autoencoder", "text_encoder", "features"]}))
+    assert "22 h" in embedded.emulated_bf16_refusal(work, RecipeSettings())
+    (work / "recipe.json").write_text(json.dumps({"done": ["data", "autoencoder", "text_encoder", "features",
+                                                           "transformer"]}))  # fmt: skip
+    assert embedded.emulated_bf16_refusal(work, RecipeSettings()) is None
+    monkeypatch.setattr(_compose, "slow_bf16", lambda device: False)
+    assert embedded.emulated_bf16_refusal(tmp_path / "other", RecipeSettings()) is None
 
 
 @pytest.mark.slow

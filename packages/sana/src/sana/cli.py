@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("-n", "--num_prompts", type=int, default=300, help="held-out prompts (50+ per category)")
     ev.add_argument("--steps", type=int, default=20, help="solver steps")
     ev.add_argument("--cfg_scale", type=float, default=4.5, help="classifier-free guidance scale")
+    ev.add_argument("--pag_scale", type=float, default=1.0, help="PAG scale; > 1 turns PAG on (default 1.0: off)")
     ev.add_argument("--size", type=int, default=256, help="image side in pixels")
     ev.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     ev.add_argument("--bs", type=int, default=8, help="images per model call")
@@ -173,7 +174,7 @@ def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     def generate(texts: list[str], seed: int) -> list[Any]:
         return pipe(texts, height=size, width=size, num_inference_steps=args.steps, guidance_scale=args.cfg_scale,
-                    pag_guidance_scale=1.0, seed=seed, output_type="pil", progress=False)  # fmt: skip
+                    pag_guidance_scale=args.pag_scale, seed=seed, output_type="pil", progress=False)  # fmt: skip
 
     report = evaluate(generate, eval_prompts(args.num_prompts, seed=args.seed), batch_size=args.bs,
                       on_image=lambda prompt, image: shown.append(image) if len(shown) < 64 else None)  # fmt: skip
@@ -257,12 +258,17 @@ def _train_embedded(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if overrides:
         raise ValueError(f"train-embedded takes no config overrides, got {sorted(overrides)}")
     try:
-        from sana.embedded import QUICK, RecipeSettings, recipe_settings, train_embedded
+        from sana.embedded import QUICK, RecipeSettings, emulated_bf16_refusal, recipe_settings, train_embedded
     except ImportError as err:
         raise RuntimeError(f"training needs the train extra: pip install './packages/sana[train]' ({err})") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = recipe_settings(QUICK if args.quick else RecipeSettings(), args.settings)
+    # the default dit_bf16=1 on a CPU that emulates bf16 would run for a day: refuse before any stage starts, unless
+    # the caller named dit_bf16 (or --quick: a few steps, where the emulation costs seconds)
+    chose_precision = any(item.partition("=")[0].strip() == "dit_bf16" for item in args.settings)
+    if not args.quick and not chose_precision and (problem := emulated_bf16_refusal(args.work_dir, settings)):
+        raise ValueError(problem)
     record = train_embedded(args.work_dir, settings, export_to=args.out, redo_from=args.redo_from)
     model = Path(args.out) if args.out else Path(args.work_dir) / "model"
     train = sum(v for k, v in record["seconds"].items() if k != "eval")

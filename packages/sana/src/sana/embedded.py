@@ -50,6 +50,7 @@ __all__ = (
     "STAGE_SETTINGS",
     "RecipeSettings",
     "default_model_path",
+    "emulated_bf16_refusal",
     "recipe_settings",
     "train_embedded",
 )
@@ -164,6 +165,37 @@ def recipe_settings(base: RecipeSettings, assignments: list[str]) -> RecipeSetti
         except ValueError:
             raise ValueError(f"--set {item!r}: {name} takes {kind.__name__} values, got {text.strip()!r}") from None
     return dataclasses.replace(base, **changes)
+
+
+# Seconds per step of the recipe's transformer stage (batch 32, 2 threads) on 2-core AVX2 CPUs: in bf16 autocast
+# (the first steps of a default run, 2026-12-07) and in fp32 (runs/embedded8: 3,000 steps in 34.6 min)
+EMULATED_BF16_STEP_S, FP32_STEP_S = 13.3, 0.69
+
+
+def emulated_bf16_refusal(work_dir: str | Path, settings: RecipeSettings, device: str = "cpu") -> str | None:
+    """Why `sana train-embedded` should not start this run here, or None.
+
+    `dit_bf16=1` (the default, the shipped model's) trains the transformer under bf16 autocast: 0.81x the fp32
+    step on a CPU with AVX512-BF16, but on one without AVX-512 torch emulates bf16 and a step takes ~20x the fp32
+    one: the default 6,000-step stage would run for about a day instead of an hour. The message says so and gives
+    the two ways on. None when `dit_bf16=0`, when bf16 is native on `device`, or when `work_dir`'s run has finished
+    its transformer stage already.
+    """
+    if not settings.dit_bf16 or not _compose.slow_bf16(device):
+        return None
+    record = Path(work_dir) / RECIPE_FILE
+    if record.is_file() and "transformer" in json.loads(record.read_text()).get("done", []):
+        return None
+    scale = settings.dit_batch_size / 32 * settings.dit_steps / 3600
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"dit_bf16=1 trains the transformer under bf16 autocast, but this CPU ({capability}, no AVX-512) has no "
+        f"native bf16 kernels: torch emulates them, and a step takes ~20x the fp32 one ({EMULATED_BF16_STEP_S} s "
+        f"against {FP32_STEP_S} s measured on a 2-core AVX2 CPU), so the {settings.dit_steps}-step stage would take "
+        f"about {scale * EMULATED_BF16_STEP_S:.0f} h there, against {scale * FP32_STEP_S:.1f} h in fp32. Train in "
+        "fp32: --set dit_bf16=0 (with --set dit_steps=4000 the whole recipe stays near 90 min on such a 2-core "
+        "CPU; the shipped model had 6,000 bf16 steps), or pass --set dit_bf16=1 to train in emulated bf16 anyway"
+    )
 
 
 def default_model_path() -> Path:
@@ -528,7 +560,11 @@ def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = N
         )
         _write_json(path, record)
         return record
-    machine = {"cpus": os.cpu_count(), "torch": torch.__version__}
+    machine = {
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     record = {"settings": wanted, "done": [], "seconds": {}, "results": {}, "machine": machine, "calls": [_call()]}
     _write_json(path, record)
     return record
@@ -618,6 +654,12 @@ def _parameters(folder: Path) -> int:
     return total
 
 
+def _cpu(machine: dict[str, Any]) -> str:
+    """ "2-core CPU", with torch's CPU capability where the record has it ("2-core CPU (AVX2)")."""
+    capability = machine.get("cpu_capability")
+    return f"{machine['cpus']}-core CPU" + (f" ({capability})" if capability else "")
+
+
 def model_card(export: Path, record: dict[str, Any]) -> str:
     """The model card (README.md) of an exported model, from its recipe record."""
     s, seconds, results = recorded_settings(record), record["seconds"], record["results"]
@@ -665,7 +707,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     return f"""# sana-shapes-256: the embedded default model
 
 A tiny Sana (Linear DiT + f32 DC-AE + Gemma-2 text encoder) trained from scratch on this repository's synthetic
-shapes world by `sana train-embedded` on a {record["machine"]["cpus"]}-core CPU. It is the model `sana generate`
+shapes world by `sana train-embedded` on a {_cpu(record["machine"])}. It is the model `sana generate`
 uses when no `--model_path` is given. It is trained to draw coloured circles, squares, triangles, diamonds and
 stars on plain backgrounds at 256 px (square, 192×320 and 320×192 buckets) and knows nothing else; how well it
 does is the evaluation below (overall {scores.get("overall", float("nan")):.3f}; the goal is 0.80).
