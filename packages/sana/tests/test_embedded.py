@@ -37,6 +37,14 @@ def test_the_default_model_ships_inside_the_package_within_budget():
     assert set(embedded.STAGES) <= set(record["done"])
 
 
+def test_the_shipped_model_card_is_what_its_recipe_record_gives():
+    """README.md of the shipped folder is `model_card` of its own recipe.json: the card can't drift from the code
+    that writes it or from the record of the run (the scores, the times, the settings)."""
+    record = json.loads((DEFAULT_MODEL_DIR / "recipe.json").read_text())
+    assert embedded.model_card(DEFAULT_MODEL_DIR, record) == (DEFAULT_MODEL_DIR / "README.md").read_text()
+    assert embedded.recorded_settings(record) == vars(RecipeSettings())  # the defaults are the shipped model's
+
+
 def test_the_default_model_folder_carries_its_settings(default_pipe):
     assert default_pipe.config.model.image_size == 256
     assert default_pipe.config.model.aspect_ratio_type == "ASPECT_RATIO_256"
@@ -310,6 +318,7 @@ def test_the_recipe_runs_every_stage_resumes_and_refuses_other_settings(tmp_path
     assert record["results"]["autoencoder"]["psnr"] is not None
     gain = record["results"]["eval"]["transformer"]["text_gain"]
     assert gain > 0 and f"Text gain {gain:.3f}" in (model / "README.md").read_text()
+    assert "± " in (model / "README.md").read_text().split("the 95% interval from the prompt sample")[0][-20:]
     stored = {p.name: p for p in (model / "transformer").glob("*.safetensors")}
     from safetensors import safe_open
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -245,8 +246,22 @@ def test_report_serialises(prompts: list[EvalPrompt]) -> None:
     assert data["records"][0]["reason"].startswith("expected") and data["records"][0]["detections"] == []
     table = report.to_markdown().splitlines()
     assert table[0].split("|")[1:-1] == [f" {c} " for c in (*CATEGORIES, "overall")] and len(table) == 3
+    assert data["overall_ci95"] == 0.0 and table[2].split("|")[-2] == " 0.000 ± 0.000 "  # all wrong: no spread
     with pytest.raises(ValueError, match="returned 0 images"):
         evaluate(lambda texts, seed: [], subset)
+
+
+def test_the_overall_interval_is_the_standard_error_of_a_mean_of_category_fractions() -> None:
+    """Six categories of 50 prompts: 1.96 * sqrt(sum p(1-p)/50) / 6; a sure score (0 or 1) adds no spread, more
+    prompts narrow it as 1/sqrt(n)."""
+    from sana.eval import overall_interval
+
+    scores = dict(zip(CATEGORIES, (0.5, 0.1, 0.2, 0.52, 0.0, 0.02), strict=True))
+    counts = dict.fromkeys(CATEGORIES, 50)
+    expected = 1.96 * math.sqrt((0.25 + 0.09 + 0.16 + 0.2496 + 0.0 + 0.0196) / 50) / 6
+    assert overall_interval(scores, counts) == pytest.approx(expected) and expected == pytest.approx(0.0405, abs=1e-4)
+    assert overall_interval(scores, dict.fromkeys(CATEGORIES, 200)) == pytest.approx(expected / 2)
+    assert overall_interval(dict.fromkeys(CATEGORIES, 1.0), counts) == 0.0 and overall_interval({}, {}) == 0.0
 
 
 # --- Reconstruction metrics and grids -------------------------------------------------------------------------

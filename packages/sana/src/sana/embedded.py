@@ -674,6 +674,15 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     channels = s["ae_latent_channels"]
     counts = ev.get("counts") or {}
     rows = "\n".join(f"| {k} | {v:.3f} | {counts.get(k, '')} |" for k, v in scores.items()) or "| (none) | | |"
+    interval = ""
+    if counts:
+        from sana.eval import overall_interval
+
+        half = overall_interval({k: v for k, v in scores.items() if k in counts}, counts)
+        interval = (
+            f"\nOverall {scores['overall']:.3f} ± {half:.3f}: the 95% interval from the prompt sample alone (another\n"
+            "draw of held-out prompts moves the score about this much; retraining with another seed can move it more)."
+        )
     stage_rows = "\n".join(f"| {k} | {seconds.get(k, 0.0) / 60:.1f} |" for k in STAGES if k in seconds)
     split = ", ".join(f"{k} {v:.3f} s" for k, v in timing.items() if k != "total")
     redos = [c for c in record.get("calls", []) if c.get("redo_from")]
@@ -747,6 +756,7 @@ Training stages total: **{train_seconds / 60:.1f} min** (eval not included).
 | category | score | prompts |
 |---|---|---|
 {rows}
+{interval}
 
 Autoencoder on {s["ae_eval_images"]} held-out images: PSNR {ae.get("psnr", float("nan")):.2f} dB, SSIM
 {ae.get("ssim", float("nan")):.4f}; the detector finds the original's objects in

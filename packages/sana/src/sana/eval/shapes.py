@@ -23,6 +23,7 @@ slightly off the square it was drawn in, which is where the world checks the rel
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -46,6 +47,7 @@ __all__ = (
     "evaluate",
     "evaluate_ground_truth",
     "heldout_images",
+    "overall_interval",
     "reconstruction_scores",
     "relation_holds",
     "sample_grid",
@@ -97,7 +99,8 @@ class PromptRecord:
 
 @dataclass(frozen=True)
 class EvalReport:
-    """Per-category scores (fraction correct), prompt counts, overall (mean of the categories) and the records."""
+    """Per-category scores (fraction correct), prompt counts, overall (mean of the categories), the half-width of
+    the overall's 95% interval from the prompt sample (`overall_interval`) and the records."""
 
     scores: dict[str, float]
     counts: dict[str, int]
@@ -112,9 +115,15 @@ class EvalReport:
         overall = sum(scores.values()) / len(scores) if scores else 0.0
         return cls(scores, counts, overall, tuple(records))
 
+    @property
+    def overall_ci95(self) -> float:
+        return overall_interval(self.scores, self.counts)
+
     def to_dict(self, *, records: bool = True) -> dict[str, Any]:
-        """JSON-ready: overall, scores, counts and (unless `records=False`) every prompt's record."""
-        out: dict[str, Any] = {"overall": self.overall, "scores": self.scores, "counts": self.counts}
+        """JSON-ready: overall (and its 95% half-width), scores, counts and (unless `records=False`) every prompt's
+        record."""
+        out: dict[str, Any] = {"overall": self.overall, "overall_ci95": self.overall_ci95, "scores": self.scores,
+                               "counts": self.counts}  # fmt: skip
         if records:
             out["records"] = [asdict(r) for r in self.records]
         return out
@@ -123,10 +132,26 @@ class EvalReport:
         return json.dumps(self.to_dict(records=records), indent=indent)
 
     def to_markdown(self) -> str:
-        """A two-row table: categories and overall as columns, scores (and prompt counts) in the cells."""
+        """A two-row table: categories and overall as columns, scores (and prompt counts) in the cells; the overall
+        with its 95% half-width."""
         names = [*self.scores, "overall"]
-        cells = [f"{self.scores[c]:.3f} ({self.counts[c]})" for c in self.scores] + [f"{self.overall:.3f}"]
+        cells = [f"{self.scores[c]:.3f} ({self.counts[c]})" for c in self.scores]
+        cells.append(f"{self.overall:.3f} ± {self.overall_ci95:.3f}")
         return "\n".join(["| " + " | ".join(names) + " |", "|" + "---|" * len(names), "| " + " | ".join(cells) + " |"])
+
+
+def overall_interval(scores: dict[str, float], counts: dict[str, int], z: float = 1.96) -> float:
+    """Half-width of the overall score's 95% interval (normal approximation) from the prompt sample alone.
+
+    The overall is the mean of K category fractions, each over its own n_c prompts, so its standard error is
+    sqrt(sum_c p_c (1 - p_c) / n_c) / K. It measures how much another draw of held-out prompts (and seeds) would
+    move the score of the same model: two models whose overall scores differ by less are not told apart by the
+    eval. It says nothing of the spread between training runs (seeds), which is often larger.
+    """
+    if not scores:
+        return 0.0
+    variance = sum(p * (1 - p) / counts[c] for c, p in scores.items()) / len(scores) ** 2
+    return z * math.sqrt(variance)
 
 
 # --- Prompts --------------------------------------------------------------------------------------------------
