@@ -655,7 +655,8 @@ def _parameters(folder: Path) -> int:
 
 
 def _cpu(machine: dict[str, Any]) -> str:
-    """ "2-core CPU", with torch's CPU capability where the record has it ("2-core CPU (AVX2)")."""
+    """The card's name for the recipe's machine: "2-core CPU", with torch's CPU capability where the record has it
+    ("2-core CPU (AVX2)"; records before 2026-12-07 lack it)."""
     capability = machine.get("cpu_capability")
     return f"{machine['cpus']}-core CPU" + (f" ({capability})" if capability else "")
 
