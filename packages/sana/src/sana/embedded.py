@@ -167,9 +167,9 @@ def recipe_settings(base: RecipeSettings, assignments: list[str]) -> RecipeSetti
     return dataclasses.replace(base, **changes)
 
 
-# Seconds per step of the recipe's transformer stage (batch 32, 2 threads) on 2-core AVX2 CPUs: in bf16 autocast
-# (the first steps of a default run, 2026-12-07) and in fp32 (runs/embedded8: 3,000 steps in 34.6 min)
-EMULATED_BF16_STEP_S, FP32_STEP_S = 13.3, 0.69
+# Seconds per step of the recipe's transformer stage (batch 32, 2 threads) on a 2-core AVX2 EPYC, 2026-12-07: the
+# first steps of a default (bf16) run, and the first 190 of `--set dit_bf16=0` on the same cached features
+EMULATED_BF16_STEP_S, FP32_STEP_S = 13.3, 0.80
 
 
 def emulated_bf16_refusal(work_dir: str | Path, settings: RecipeSettings, device: str = "cpu") -> str | None:
