@@ -176,10 +176,10 @@ def emulated_bf16_refusal(work_dir: str | Path, settings: RecipeSettings, device
     """Why `sana train-embedded` should not start this run here, or None.
 
     `dit_bf16=1` (the default, the shipped model's) trains the transformer under bf16 autocast: 0.81x the fp32
-    step on a CPU with AVX512-BF16, but on one without AVX-512 torch emulates bf16 and a step takes ~20x the fp32
-    one: the default 6,000-step stage would run for about a day instead of an hour. The message says so and gives
-    the two ways on. None when `dit_bf16=0`, when bf16 is native on `device`, or when `work_dir`'s run has finished
-    its transformer stage already.
+    step on a CPU with AVX512-BF16, but on one without AVX-512 torch emulates bf16 and a step takes ~17x the fp32
+    one (`EMULATED_BF16_STEP_S`, `FP32_STEP_S`): the default 6,000-step stage would run for about a day instead of
+    an hour. The message says so and gives the two ways on. None when `dit_bf16=0`, when bf16 is native on
+    `device`, or when `work_dir`'s run has finished its transformer stage already.
     """
     if not settings.dit_bf16 or not _compose.slow_bf16(device):
         return None
@@ -190,7 +190,8 @@ def emulated_bf16_refusal(work_dir: str | Path, settings: RecipeSettings, device
     capability = torch.backends.cpu.get_cpu_capability()
     return (
         f"dit_bf16=1 trains the transformer under bf16 autocast, but this CPU ({capability}, no AVX-512) has no "
-        f"native bf16 kernels: torch emulates them, and a step takes ~20x the fp32 one ({EMULATED_BF16_STEP_S} s "
+        f"native bf16 kernels: torch emulates them, and a step takes {EMULATED_BF16_STEP_S / FP32_STEP_S:.0f}x the "
+        f"fp32 one ({EMULATED_BF16_STEP_S} s "
         f"against {FP32_STEP_S} s measured on a 2-core AVX2 CPU), so the {settings.dit_steps}-step stage would take "
         f"about {scale * EMULATED_BF16_STEP_S:.0f} h there, against {scale * FP32_STEP_S:.1f} h in fp32. Train in "
         "fp32: --set dit_bf16=0 (with --set dit_steps=4000 the whole recipe stays near 90 min on such a 2-core "
