@@ -124,7 +124,7 @@ def train_embedded(session: nox.Session) -> None:
 
     Writes runs/embedded/model; copy it to packages/sana/src/sana/default_model to ship it. Pass `-- --quick` for a
     few-step check of every stage. On a CPU without AVX-512 the command refuses the default bf16 transformer stage
-    (emulated there: ~22 h) and says what to pass instead, e.g. `-- --set dit_bf16=0 --set dit_steps=4000`."""
+    (emulated there: ~22 h) and says what to pass instead, e.g. `-- --set dit_bf16=0 --set dit_steps=4500`."""
     session.install(TORCH)
     session.install(*(f"./packages/{p}" for p in PACKAGES if p != "sana"), "./packages/sana[train]")
     session.run("sana", "train-embedded", "--work-dir", "runs/embedded", *session.posargs,

@@ -167,16 +167,21 @@ def recipe_settings(base: RecipeSettings, assignments: list[str]) -> RecipeSetti
     return dataclasses.replace(base, **changes)
 
 
-# Seconds per step of the recipe's transformer stage (batch 32, 2 threads) on a 2-core AVX2 EPYC, 2026-12-07: the
-# first steps of a default (bf16) run, and the first 190 of `--set dit_bf16=0` on the same cached features
-EMULATED_BF16_STEP_S, FP32_STEP_S = 13.3, 0.80
+# Seconds per step of the recipe's transformer stage (batch 32, 2 threads) on 2-core AVX2 EPYCs, 2026-12-07: the
+# first steps of a default (bf16) run, and the mean over a whole 5,000-step `--set dit_bf16=0` stage (3,562 s;
+# its speed wandered between 0.60 and 0.84 s per step, nothing else running; the first 190 steps of an earlier
+# call ran at 0.80 s)
+EMULATED_BF16_STEP_S, FP32_STEP_S = 13.3, 0.71
+# transformer steps that keep an fp32 recipe run within the 90 minutes on such a CPU: the other stages took 31.8 min
+# there (runs/embedded13), and 5,000 fp32 steps made the whole run 91.2 min (overall 0.227, the shipped 0.223)
+FP32_RECIPE_STEPS, OTHER_STAGES_MIN = 4500, 31.8
 
 
 def emulated_bf16_refusal(work_dir: str | Path, settings: RecipeSettings, device: str = "cpu") -> str | None:
     """Why `sana train-embedded` should not start this run here, or None.
 
     `dit_bf16=1` (the default, the shipped model's) trains the transformer under bf16 autocast: 0.81x the fp32
-    step on a CPU with AVX512-BF16, but on one without AVX-512 torch emulates bf16 and a step takes ~17x the fp32
+    step on a CPU with AVX512-BF16, but on one without AVX-512 torch emulates bf16 and a step takes ~19x the fp32
     one (`EMULATED_BF16_STEP_S`, `FP32_STEP_S`): the default 6,000-step stage would run for about a day instead of
     an hour. The message says so and gives the two ways on. None when `dit_bf16=0`, when bf16 is native on
     `device`, or when `work_dir`'s run has finished its transformer stage already.
@@ -194,8 +199,10 @@ def emulated_bf16_refusal(work_dir: str | Path, settings: RecipeSettings, device
         f"fp32 one ({EMULATED_BF16_STEP_S} s "
         f"against {FP32_STEP_S} s measured on a 2-core AVX2 CPU), so the {settings.dit_steps}-step stage would take "
         f"about {scale * EMULATED_BF16_STEP_S:.0f} h there, against {scale * FP32_STEP_S:.1f} h in fp32. Train in "
-        "fp32: --set dit_bf16=0 (with --set dit_steps=4000 the whole recipe stays near 90 min on such a 2-core "
-        "CPU; the shipped model had 6,000 bf16 steps), or pass --set dit_bf16=1 to train in emulated bf16 anyway"
+        f"fp32: --set dit_bf16=0 (with --set dit_steps={FP32_RECIPE_STEPS} the whole recipe takes about "
+        f"{OTHER_STAGES_MIN + FP32_RECIPE_STEPS * FP32_STEP_S / 60:.0f} min on "
+        "such a 2-core CPU; 5,000 fp32 steps took 91 min there and scored as the shipped model's 6,000 bf16 steps), "
+        "or pass --set dit_bf16=1 to train in emulated bf16 anyway"
     )
 
 
