@@ -385,6 +385,29 @@ def test_a_failed_save_leaves_the_previous_checkpoint_valid(assets, tmp_path, mo
     assert resumed.state.step == 4 and not list((tmp_path / "checkpoints").glob(".tmp_*"))
 
 
+def test_a_save_clears_what_a_killed_save_left(tmp_path):
+    """A SIGKILL during a save can leave its temporaries (test_killed_run_resumes_exactly hit one: `.latest.*`, the
+    pointer's temporary file): the next save removes them and leaves only real checkpoints and `latest`."""
+    from sana.train.checkpoint import save_checkpoint
+
+    class OneProcess:
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+        def save_state(self, output_dir):
+            Path(output_dir).mkdir(parents=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"state")
+
+    root = tmp_path / "checkpoints"
+    (root / ".tmp_step_0000004" / "transformer").mkdir(parents=True)  # killed while writing step 4
+    (root / ".latest.k1ll3d").write_text("step_0000004\n")  # killed between the pointer's write and its rename
+    saved = save_checkpoint(OneProcess(), tmp_path, 4, lambda folder: folder.mkdir(), keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000004"]
+    assert (root / "latest").read_text().strip() == "step_0000004" and (saved / "transformer").is_dir()
+
+
 def test_runs_of_different_precisions_follow_each_other_in_one_process(tmp_path):
     """accelerate allows one mixed precision per process; each training run starts its own state, so a bf16 run
     (the embedded recipe's transformer stage) can be followed by an fp32 one (a test suite, a notebook)."""

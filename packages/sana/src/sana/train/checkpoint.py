@@ -58,11 +58,9 @@ def save_checkpoint(accelerator: Any, work_dir: str | Path, step: int, write_wei
     final = root / f"step_{step:07d}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(root)
     accelerator.wait_for_everyone()
     tmp = root / f".tmp_step_{step:07d}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)  # left over by a crash during an earlier save of this step
-    accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # every rank writes its own RNG state
     if accelerator.is_main_process:
         write_weights(tmp / "transformer")
@@ -74,6 +72,16 @@ def save_checkpoint(accelerator: Any, work_dir: str | Path, step: int, write_wei
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Temporaries of a save that was killed part-way (a `.tmp_step_*` folder, a `.latest.*` file): the run is the
+    folder's only writer, so before it saves, any that exist are stale."""
+    for leftover in [*root.glob(".tmp_step_*"), *root.glob(f".{LATEST}.*")]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _write_text(path: Path, text: str) -> None:
