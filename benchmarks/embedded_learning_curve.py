@@ -32,12 +32,17 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "embedded_le
 CATEGORIES = ("single_object", "two_objects", "counting", "colors", "position", "color_attr")
 
 
-def score_checkpoint(work: Path, checkpoint: Path, prompts: int, steps: int, seed: int, scratch: Path) -> dict:
-    from sana.cli import main as sana_main
-    from sana.embedded import RECIPE_FILE, RecipeSettings, export_pipeline, recipe_config
+def run_config(work: Path):
+    """The transformer stage's config of the recipe run in `work`, from its recorded settings."""
+    from sana.embedded import RECIPE_FILE, RecipeSettings, recipe_config
 
-    settings = RecipeSettings(**json.loads((work / RECIPE_FILE).read_text())["settings"])
-    cfg = recipe_config(work, settings)
+    return recipe_config(work, RecipeSettings(**json.loads((work / RECIPE_FILE).read_text())["settings"]))
+
+
+def score_checkpoint(work: Path, cfg, checkpoint: Path, prompts: int, steps: int, seed: int, scratch: Path) -> dict:
+    from sana.cli import main as sana_main
+    from sana.embedded import export_pipeline
+
     model, out = scratch / f"model_{checkpoint.name}", scratch / f"eval_{checkpoint.name}"
     export_pipeline(cfg, checkpoint, model, flow_shift=cfg.scheduler.flow_shift, vae=work / "decoder" / "model")
     argv = ["eval", "shapes", "--model_path", str(model), "-n", str(prompts), "--steps", str(steps),
@@ -80,10 +85,11 @@ def main() -> None:
     for path in [args.work_dir / "decoder" / "model", *args.checkpoints]:
         if not path.is_dir():
             ap.error(f"{path} is not a folder (the run's decoder stage must be done; checkpoints are step_* folders)")
-    rows = []
+    cfg, rows = run_config(args.work_dir), []
     with tempfile.TemporaryDirectory() as scratch:
         for checkpoint in args.checkpoints:
-            rows.append(score_checkpoint(args.work_dir, checkpoint, args.prompts, args.steps, args.seed, Path(scratch)))
+            rows.append(score_checkpoint(args.work_dir, cfg, checkpoint, args.prompts, args.steps, args.seed,
+                                         Path(scratch)))  # fmt: skip
             print(f"{checkpoint.name}: overall {rows[-1]['overall']:.3f}", flush=True)
     rows.sort(key=lambda r: (r["step"] is None, r["step"] or 0))
     text = table(rows)

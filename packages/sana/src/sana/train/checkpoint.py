@@ -77,15 +77,20 @@ def save_checkpoint(accelerator: Any, work_dir: str | Path, step: int, write_wei
 def _remove_leftovers(root: Path) -> None:
     """Temporaries of a save that was killed part-way (a `.tmp_step_*` folder, a `.latest.*` file): the run is the
     folder's only writer, so before it saves, any that exist are stale."""
-    for leftover in [*root.glob(".tmp_step_*"), *root.glob(f".{LATEST}.*")]:
+    for leftover in [*root.glob(".tmp_step_*"), *root.glob(f"{_temp_prefix(LATEST)}*")]:
         if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            shutil.rmtree(leftover)  # as before: a stale save that cannot be removed is an error, not skipped
         else:
             leftover.unlink(missing_ok=True)
 
 
+def _temp_prefix(name: str) -> str:
+    """The prefix of `_write_text`'s temporary for the file `name` (what `_remove_leftovers` looks for)."""
+    return f".{name}."
+
+
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text + "\n")
     os.replace(tmp, path)
