@@ -310,6 +310,24 @@ def test_dit_config_high_res_and_sana_1_5() -> None:
     )
 
 
+def test_dit_config_takes_width_and_depth_in_place_of_the_preset() -> None:
+    """`model.hidden_size` / `model.depth` / `model.cross_attention_heads` size a model built from scratch (the
+    embedded recipe's `dit_width` / `dit_depth`); unset, the preset of `model.model` decides."""
+    shapes = ["--model.model=SanaShapes_P1_D8", "--model.pag_applied_layers=[4]", "--text_encoder.caption_channels=128"]
+    base = dit_config(load_config(None, shapes))
+    assert (base.hidden_size, base.depth, base.cross_attention_heads) == (192, 8, 6)  # the sana-shapes preset's
+    small = dit_config(load_config(None, [*shapes, "--model.hidden_size=128", "--model.depth=6",
+                                          "--model.cross_attention_heads=4"]))  # fmt: skip
+    assert (small.hidden_size, small.depth, small.cross_attention_heads) == (128, 6, 4)
+    assert small == dataclasses.replace(base, hidden_size=128, depth=6, cross_attention_heads=4)
+    with pytest.raises(
+        ConfigError, match=r"'model\.hidden_size'.*width 100 must be a multiple of model\.linear_head_dim"
+    ):
+        dit_config(load_config(None, [*shapes, "--model.hidden_size=100"]))
+    with pytest.raises(ConfigError, match=r"width 128 .*cross-attention heads \(6\)"):
+        dit_config(load_config(None, [*shapes, "--model.hidden_size=128"]))  # the preset's 6 heads: set 4
+
+
 def test_dit_config_rejects_what_linear_dit_cannot_build() -> None:
     with pytest.raises(ConfigError, match="unknown model 'SanaMS_9B'"):
         dit_config(load_config(None, ["--model.model=SanaMS_9B"]))

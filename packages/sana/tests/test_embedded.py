@@ -124,6 +124,10 @@ def test_recipe_settings_are_validated():
         RecipeSettings(lm_caption_chain=2)
     with pytest.raises(ValueError, match="dit_bf16 must be 0 or 1, got 2"):
         RecipeSettings(dit_bf16=2)
+    with pytest.raises(ValueError, match="dit_width must be a multiple of 32"):
+        RecipeSettings(dit_width=100)
+    with pytest.raises(ValueError, match="dit_depth must be an int >= 1"):
+        RecipeSettings(dit_depth=0)
     with pytest.raises(ValueError, match=r"data_object_scale: object_scale must be a number in \(0, 2\.5\]"):
         RecipeSettings(data_object_scale=3.0)
     with pytest.raises(ValueError, match="data_object_scale must be > 0"):
@@ -187,6 +191,14 @@ def test_latent_channels_set_the_autoencoder_and_the_transformer_config(tmp_path
     # dit_bf16=1: the transformer stage trains under bf16 autocast, a setting of that stage alone
     assert embedded.recipe_config(tmp_path, RecipeSettings(dit_bf16=1)).model.mixed_precision == "bf16"
     assert embedded.first_stage_of("dit_bf16") == "transformer"
+    # dit_width / dit_depth size the transformer (cross-attention heads 32 wide, as the linear-attention ones)
+    from sana.config import dit_config
+
+    graph = dit_config(embedded.recipe_config(tmp_path, RecipeSettings(dit_width=128, dit_depth=6)))
+    assert (graph.hidden_size, graph.depth, graph.cross_attention_heads, graph.linear_heads) == (128, 6, 4, 4)
+    default = dit_config(embedded.recipe_config(tmp_path, RecipeSettings(dit_width=192, dit_depth=8)))
+    assert (default.hidden_size, default.depth, default.cross_attention_heads) == (192, 8, 6)  # the preset's
+    assert embedded.first_stage_of("dit_width") == embedded.first_stage_of("dit_depth") == "transformer"
 
 
 def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_path):
@@ -222,6 +234,12 @@ def test_a_run_recorded_before_a_setting_existed_reads_it_as_its_default(tmp_pat
     before_bf16 = {k: v for k, v in vars(QUICK).items() if k != "dit_bf16"}
     (tmp_path / "recipe.json").write_text(json.dumps({**record, "settings": before_bf16}))
     assert embedded._open_record(tmp_path, RecipeSettings(**{**vars(QUICK), "dit_bf16": 0}))["done"] == ["data"]
+    # runs from before dit_width / dit_depth trained the sana-shapes preset's 192 x 8
+    before_size = {k: v for k, v in vars(QUICK).items() if k not in ("dit_width", "dit_depth")}
+    (tmp_path / "recipe.json").write_text(json.dumps({**record, "settings": before_size}))
+    assert embedded._open_record(tmp_path, RecipeSettings(**{**vars(QUICK), "dit_width": 192, "dit_depth": 8}))[
+        "done"
+    ] == ["data"]
     # a run from before the decoder stage had none: its missing settings are a change, so the stage is not skipped
     before = {k: v for k, v in vars(QUICK).items() if k not in ("dec_steps", "dec_lr")}
     (tmp_path / "recipe.json").write_text(json.dumps({**record, "settings": before}))

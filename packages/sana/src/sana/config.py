@@ -153,6 +153,11 @@ class ModelConfig(BaseModel):
     # Ours, not in the official schema: cross-attention heads of a checkpoint whose width has no official preset
     # (no shape reveals them; e.g. tiny test models). None: the preset of the checkpoint's width decides.
     cross_attention_heads: PositiveInt | None = None
+    # Ours: the width and depth of a model built from scratch, in place of the preset's (the embedded recipe's
+    # `dit_width` / `dit_depth`). None: the preset of `model.model` decides. A model loaded from `load_from` keeps
+    # its checkpoint's.
+    hidden_size: PositiveInt | None = None
+    depth: PositiveInt | None = None
 
 
 class AEConfig(BaseModel):
@@ -545,8 +550,17 @@ def dit_config(cfg: SanaConfig) -> LinearDiTConfig:
     if m.use_pe:  # spec §3.4: base grid = (image_size / f) / patch tokens
         grid = m.image_size // cfg.vae.vae_downsample_rate // patch
         pe = {"pos_embed": "sincos", "pe_base_size": grid, "pe_interpolation": m.pe_interpolation}
+    width, heads = m.hidden_size or base.hidden_size, m.cross_attention_heads or base.cross_attention_heads
+    if width % m.linear_head_dim or width % heads:
+        raise ConfigError(
+            f"config keys 'model.hidden_size' / 'model.cross_attention_heads': width {width} must be a multiple of "
+            f"model.linear_head_dim ({m.linear_head_dim}) and of the cross-attention heads ({heads})"
+        )
     return dataclasses.replace(
         base,
+        hidden_size=width,
+        depth=m.depth or base.depth,
+        cross_attention_heads=heads,
         in_channels=cfg.vae.vae_latent_dim,
         patch_size=patch,
         linear_head_dim=m.linear_head_dim,

@@ -65,7 +65,7 @@ STAGE_SETTINGS = {
                     "ae_latent_channels"),
     "text_encoder": ("lm_steps", "lm_caption_chain"),
     "features": ("te_skip_layers",),
-    "transformer": ("dit_steps", "dit_batch_size", "dit_lr", "dit_bf16"),
+    "transformer": ("dit_steps", "dit_batch_size", "dit_lr", "dit_bf16", "dit_width", "dit_depth"),
     "decoder": ("dec_steps", "dec_lr"),
     "export": (),
     "eval": ("eval_prompts", "eval_steps", "ae_eval_images"),
@@ -113,6 +113,10 @@ class RecipeSettings:
     # AVX512-BF16 a step takes 0.81x the fp32 time (benchmarks/train_step.py --only embedded); on an AVX2-only CPU
     # bf16 is emulated and far slower: set 0 there (and fewer dit_steps to stay near 90 min)
     dit_bf16: int = 1
+    # the Linear DiT's width (a multiple of 32: linear-attention heads and cross-attention heads are 32 wide) and
+    # its number of blocks (`model.hidden_size` / `model.depth`; the `sana-shapes` preset's 192 x 8, 5.1 M parameters)
+    dit_width: int = 192
+    dit_depth: int = 8
     dec_steps: int = 600  # decoder refinement, encoder frozen, with the PatchGAN term: sharper corners
     dec_lr: float = 3e-4
     eval_prompts: int = 300  # held-out prompts for the GenEval-style score (0: no eval stage)
@@ -138,6 +142,10 @@ class RecipeSettings:
             check_object_scale(self.data_object_scale)
         except ValueError as exc:
             raise ValueError(f"RecipeSettings.data_object_scale: {exc}") from None
+        if self.dit_width % 32:
+            raise ValueError(
+                f"RecipeSettings.dit_width must be a multiple of 32 (the attention heads' width), got {self.dit_width}"
+            )
         if self.ae_crop % 32:
             raise ValueError(
                 f"RecipeSettings.ae_crop must be a multiple of 32 (the f32 compression), got {self.ae_crop}"
@@ -387,6 +395,9 @@ def recipe_config(
             "train.train_batch_size": s.dit_batch_size,
             "train.optimizer.lr": s.dit_lr,
             "model.mixed_precision": "bf16" if s.dit_bf16 else "fp32",
+            "model.hidden_size": s.dit_width,
+            "model.depth": s.dit_depth,
+            "model.cross_attention_heads": s.dit_width // 32,
             "train.seed": s.seed,
             "work_dir": str(work / "transformer"),
             **({"model.resume_from.checkpoint": "latest"} if resume else {}),
@@ -581,7 +592,7 @@ def _open_record(work: Path, settings: RecipeSettings, redo_from: str | None = N
 # RecipeSettings fields added after runs were recorded, with the value those runs used without naming it. A field
 # missing here (the decoder stage's: those runs had no such stage) stays missing, so it reads as a changed setting.
 BEFORE_FIELD = {"ae_crop_candidates": 1, "te_skip_layers": 0, "ae_latent_channels": 32, "lm_caption_chain": 0,
-                "data_object_scale": 1.0, "dit_bf16": 0}  # fmt: skip
+                "data_object_scale": 1.0, "dit_bf16": 0, "dit_width": 192, "dit_depth": 8}  # fmt: skip
 
 
 def recorded_settings(record: dict[str, Any]) -> dict[str, Any]:
@@ -714,6 +725,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
             f" Their objects are drawn {s['data_object_scale']}× as large as the evaluation world's "
             "(`data_object_scale`); the evaluation prompts name no size."
         )
+    dit_shape = f"{s['dit_depth']} `SanaShapes_P1_D8` blocks of width {s['dit_width']}"
     dit_optimizer = f"AdamW lr {s['dit_lr']}" + (", bf16 autocast (fp32 weights)" if s.get("dit_bf16") else "")
     decoder = ""
     if "dec_steps" in s:  # runs recorded before the decoder stage had none
@@ -734,7 +746,7 @@ does is the evaluation below (overall {scores.get("overall", float("nan")):.3f};
 
 | part | what | parameters |
 |---|---|---|
-| transformer | Linear DiT `SanaShapes_P1_D8` (see `training_config.yaml`) | {parts["transformer"]:,} |
+| transformer | Linear DiT, {dit_shape} (see `training_config.yaml`) | {parts["transformer"]:,} |
 | vae | DC-AE f32, {channels} latent channels (`dcae.train` graph), scaling factor {scale:.5f} | {parts["vae"]:,} |
 | text_encoder | Gemma-2, 4 layers, width 128, BPE tokenizer trained on the captions | {parts["text_encoder"]:,} |
 
