@@ -290,14 +290,15 @@ def test_the_recipe_command_refuses_emulated_bf16_before_any_stage_starts(tmp_pa
     assert "dit_bf16=1 trains the transformer under bf16 autocast" in err and "no AVX-512" in err
     assert "the 6000-step stage would take about 22 h there, against 1.2 h in fp32" in err
     assert "a step takes 19x the fp32 one (13.3 s against 0.71 s" in err  # the ratio of the two measured steps
-    assert "--set dit_bf16=0" in err and "--set dit_steps=4500 the whole recipe takes about 85 min" in err
+    assert "--set dit_bf16=0 --set dit_batch_size=16 --set dit_steps=8000 (about 85 min for the whole recipe" in err
+    assert "9,000 of those steps took 92 min there and scored 0.313" in err
     assert not work.exists()
     # the caller who names the precision gets the run (the recipe itself stubbed: only the decision is tested)
     calls = []
     monkeypatch.setattr(embedded, "train_embedded", lambda *a, **k: calls.append(a[1]) or {"seconds": {}})
     assert main(["train-embedded", "--work-dir", str(work), "--set", "dit_bf16=1"]) == 0
-    assert main(["train-embedded", "--work-dir", str(work), "--set", "dit_bf16=0", "--set", "dit_steps=4500"]) == 0
-    assert [(c.dit_bf16, c.dit_steps) for c in calls] == [(1, 6000), (0, 4500)]
+    assert main(["train-embedded", "--work-dir", str(work), "--set", "dit_bf16=0", "--set", "dit_steps=8000"]) == 0
+    assert [(c.dit_bf16, c.dit_steps) for c in calls] == [(1, 6000), (0, 8000)]
     # fp32 is never refused; a run whose transformer is trained already is not; nor is a CPU with native bf16
     assert embedded.emulated_bf16_refusal(work, RecipeSettings(dit_bf16=0)) is None
     work.mkdir()
