@@ -24,6 +24,7 @@ and global gradient norm (before clipping) are compared between the two as a cor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -51,10 +52,22 @@ ARCHES = {
     "sana-600m": {"batch": 1, "side": 16, "text_len": 300, "real": [64]},  # 512² -> 16×16, a ~50-word prompt
     # the embedded default model's transformer stage (sana.embedded): 256² -> 8×8, batch 32, 6-14 caption tokens
     "embedded": {"batch": 32, "side": 8, "text_len": 32, "real": [6 + i % 9 for i in range(32)]},
+    # the same stage with the recipe's `--set dit_width=128` (4 heads of 32): 2.3 M parameters against 5.1 M
+    "embedded-128": {"batch": 32, "side": 8, "text_len": 32, "real": [6 + i % 9 for i in range(32)]},
+    # the same stage with `--set dit_batch_size=16`: half the samples per step
+    "embedded-b16": {"batch": 16, "side": 8, "text_len": 32, "real": [6 + i % 9 for i in range(16)]},
 }
-STEPS = {"tiny": (2, 5), "sana-600m": (1, 3), "embedded": (3, 10)}  # (warm-up, timed) steps
+STEPS = {
+    "tiny": (2, 5),
+    "sana-600m": (1, 3),
+    "embedded": (3, 10),
+    "embedded-128": (3, 10),
+    "embedded-b16": (3, 10),
+}  # (warm-up, timed) steps
 LABELS = {"tiny": "tiny (64×64 latent, B=4)", "sana-600m": "Sana-0.6B (512², B=1)",
-          "embedded": "embedded sana-shapes (8×8 latent, B=32)"}  # fmt: skip
+          "embedded": "embedded sana-shapes (8×8 latent, B=32)",
+          "embedded-128": "embedded, width 128 (8×8 latent, B=32)",
+          "embedded-b16": "embedded sana-shapes (8×8 latent, B=16)"}  # fmt: skip
 
 
 # --- child: one configuration ------------------------------------------------------------------------------------
@@ -166,7 +179,14 @@ def _write_weights(arch: str, folder: Path) -> None:
     from linear_dit import LinearDiT, get_preset, save_linear_dit
     from linear_dit.testing import randomize_, tiny_config
 
-    config = tiny_config() if arch == "tiny" else get_preset("sana-shapes" if arch == "embedded" else arch)
+    if arch == "tiny":
+        config = tiny_config()
+    elif arch.startswith("embedded"):
+        config = get_preset("sana-shapes")
+        if arch == "embedded-128":
+            config = dataclasses.replace(config, hidden_size=128, cross_attention_heads=4)
+    else:
+        config = get_preset(arch)
     with torch.device("meta"):
         model = LinearDiT(config)
     model = randomize_(model.to_empty(device="cpu"), seed=0)
@@ -215,9 +235,11 @@ def _pair(rows: list[dict]) -> dict:
 def _cases(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     cases = [("tiny", "fp32", False), ("tiny", "fp32", True)]
     if not args.tiny_only:
-        cases += [("embedded", "fp32", False), ("sana-600m", "fp32", False), ("sana-600m", "fp32", True)]
+        cases += [("embedded", "fp32", False), ("embedded-128", "fp32", False), ("embedded-b16", "fp32", False),
+                  ("sana-600m", "fp32", False), ("sana-600m", "fp32", True)]  # fmt: skip
         if not args.no_bf16:
-            cases += [("embedded", "bf16", False), ("sana-600m", "bf16", False)]
+            cases += [("embedded", "bf16", False), ("embedded-128", "bf16", False), ("embedded-b16", "bf16", False),
+                      ("sana-600m", "bf16", False)]  # fmt: skip
             if args.bf16_ckpt:
                 cases.append(("sana-600m", "bf16", True))
     return [c for c in cases if not args.only or c[0] in args.only]
@@ -285,12 +307,17 @@ def _markdown(report: dict) -> str:
     )
     for later in report.get("updates", []):  # `--only` runs merged into this report
         note += (
-            f"Rows of {', '.join(later['only'])} re-measured on {later['date']}"
+            f"Rows {', '.join(later.get('rows') or later['only'])} re-measured on {later['date']}"
             + (f" on {later['cpu']} ({later['cpu_capability']})" if "cpu" in later else "")
             + " (load average before "
             f"{later['loadavg_before']}, torch {later['torch']}, {later['wall_s']:.0f} s).\n"
         )
     return "\n".join(rows) + "\n" + note
+
+
+def _key(result: dict) -> str:
+    """A result row's name in `updates`: "arch precision ckpt-on|off"."""
+    return f"{result['arch']} {result['precision']} ckpt-{'on' if result['checkpointing'] else 'off'}"
 
 
 def _archs(report: dict) -> list[str]:
@@ -303,13 +330,18 @@ def _merge(report: dict, only: list[str]) -> dict:
     if not path.is_file():
         return report
     old = json.loads(path.read_text())
-    fresh = {(r["arch"], r["precision"], r["checkpointing"]): r for r in report["results"]}
-    kept = [r for r in old["results"] if (r["arch"], r["precision"], r["checkpointing"]) not in fresh]
+    fresh = {_key(r) for r in report["results"]}
+    kept = [r for r in old["results"] if _key(r) not in fresh]
     env = report["environment"]
-    update = {"only": only, "date": time.strftime("%Y-%m-%d"), "loadavg_before": env["loadavg_before"],
-              "torch": env["torch"], "wall_s": report["wall_s"], "cpu": env["cpu"],
-              "cpu_capability": env["cpu_capability"]}  # fmt: skip
-    updates = [u for u in old.get("updates", []) if set(u["only"]) - set(only)] + [update]
+    update = {"only": only, "rows": sorted(fresh), "date": time.strftime("%Y-%m-%d"),
+              "loadavg_before": env["loadavg_before"], "torch": env["torch"], "wall_s": report["wall_s"],
+              "cpu": env["cpu"], "cpu_capability": env["cpu_capability"]}  # fmt: skip
+    updates = []
+    for u in old.get("updates", []):  # an earlier update keeps the rows this run did not re-measure
+        rows = [k for k in u.get("rows") or sorted(_key(r) for r in old["results"] if r["arch"] in u["only"])]
+        if rest := [k for k in rows if k not in fresh]:
+            updates.append({**u, "rows": rest})
+    updates.append(update)
     order = list(LABELS)
     results = sorted(kept + report["results"], key=lambda r: order.index(r["arch"]))
     return {**old, "results": results, "updates": updates}
