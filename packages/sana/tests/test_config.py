@@ -326,6 +326,9 @@ def test_dit_config_takes_width_and_depth_in_place_of_the_preset() -> None:
         dit_config(load_config(None, [*shapes, "--model.hidden_size=100"]))
     with pytest.raises(ConfigError, match=r"width 128 .*cross-attention heads \(6\)"):
         dit_config(load_config(None, [*shapes, "--model.hidden_size=128"]))  # the preset's 6 heads: set 4
+    # without a width, model.cross_attention_heads stays what it was: the head count of a `load_from` checkpoint,
+    # which need not divide the preset's width
+    assert dit_config(load_config(None, [*shapes, "--model.cross_attention_heads=5"])) == base
 
 
 def test_dit_config_rejects_what_linear_dit_cannot_build() -> None:

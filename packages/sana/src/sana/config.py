@@ -550,7 +550,9 @@ def dit_config(cfg: SanaConfig) -> LinearDiTConfig:
     if m.use_pe:  # spec §3.4: base grid = (image_size / f) / patch tokens
         grid = m.image_size // cfg.vae.vae_downsample_rate // patch
         pe = {"pos_embed": "sincos", "pe_base_size": grid, "pe_interpolation": m.pe_interpolation}
-    width, heads = m.hidden_size or base.hidden_size, m.cross_attention_heads or base.cross_attention_heads
+    width, heads = base.hidden_size, base.cross_attention_heads
+    if m.hidden_size:  # a model built at another width: its heads from the config (a `load_from` keeps its own)
+        width, heads = m.hidden_size, m.cross_attention_heads or heads
     if width % m.linear_head_dim or width % heads:
         raise ConfigError(
             f"config keys 'model.hidden_size' / 'model.cross_attention_heads': width {width} must be a multiple of "
