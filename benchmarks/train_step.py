@@ -67,7 +67,7 @@ STEPS = {
 LABELS = {"tiny": "tiny (64×64 latent, B=4)", "sana-600m": "Sana-0.6B (512², B=1)",
           "embedded": "embedded sana-shapes (8×8 latent, B=32)",
           "embedded-128": "embedded, width 128 (8×8 latent, B=32)",
-          "embedded-b16": "embedded sana-shapes (8×8 latent, B=16)"}  # fmt: skip
+          "embedded-b16": "embedded, batch 16 (8×8 latent, B=16)"}  # fmt: skip
 
 
 # --- child: one configuration ------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def _merge(report: dict, only: list[str]) -> dict:
               "cpu": env["cpu"], "cpu_capability": env["cpu_capability"]}  # fmt: skip
     updates = []
     for u in old.get("updates", []):  # an earlier update keeps the rows this run did not re-measure
-        rows = [k for k in u.get("rows") or sorted(_key(r) for r in old["results"] if r["arch"] in u["only"])]
+        rows = u.get("rows") or sorted(_key(r) for r in old["results"] if r["arch"] in u["only"])
         if rest := [k for k in rows if k not in fresh]:
             updates.append({**u, "rows": rest})
     updates.append(update)
