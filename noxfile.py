@@ -120,12 +120,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def train_embedded(session: nox.Session) -> None:
-    """Train the embedded default model from scratch (79 minutes on 2 CPU cores with AVX512-BF16; resumable).
+    """Train the embedded default model from scratch (73 minutes on 2 CPU cores with AVX512-BF16; resumable).
 
     Writes runs/embedded/model; copy it to packages/sana/src/sana/default_model to ship it. Pass `-- --quick` for a
-    few-step check of every stage. On a CPU without AVX-512 the command refuses the default bf16 transformer stage
-    (emulated there: ~22 h) and says what to pass instead:
-    `-- --set dit_bf16=0 --set dit_batch_size=16 --set dit_steps=8000` (fp32, about 85 minutes on a 2-core AVX2 CPU)."""
+    few-step check of every stage. On a CPU without AVX-512 the command first says how long the default transformer
+    steps take there (about 102 minutes on a 2-core AVX2 EPYC) and that `-- --set dit_steps=8000` keeps to about 85."""
     session.install(TORCH)
     session.install(*(f"./packages/{p}" for p in PACKAGES if p != "sana"), "./packages/sana[train]")
     session.run("sana", "train-embedded", "--work-dir", "runs/embedded", *session.posargs,

@@ -258,17 +258,14 @@ def _train_embedded(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     if overrides:
         raise ValueError(f"train-embedded takes no config overrides, got {sorted(overrides)}")
     try:
-        from sana.embedded import QUICK, RecipeSettings, emulated_bf16_refusal, recipe_settings, train_embedded
+        from sana.embedded import QUICK, RecipeSettings, recipe_settings, slow_cpu_note, train_embedded
     except ImportError as err:
         raise RuntimeError(f"training needs the train extra: pip install './packages/sana[train]' ({err})") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = recipe_settings(QUICK if args.quick else RecipeSettings(), args.settings)
-    # the default dit_bf16=1 on a CPU that emulates bf16 would run for a day: refuse before any stage starts, unless
-    # the caller named dit_bf16 (or --quick: a few steps, where the emulation costs seconds)
-    chose_precision = any(item.partition("=")[0].strip() == "dit_bf16" for item in args.settings)
-    if not args.quick and not chose_precision and (problem := emulated_bf16_refusal(args.work_dir, settings)):
-        raise ValueError(problem)
+    if not args.quick and (note := slow_cpu_note(args.work_dir, settings)):
+        print(note, flush=True)
     record = train_embedded(args.work_dir, settings, export_to=args.out, redo_from=args.redo_from)
     model = Path(args.out) if args.out else Path(args.work_dir) / "model"
     train = sum(v for k, v in record["seconds"].items() if k != "eval")

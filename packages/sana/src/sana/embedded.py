@@ -50,8 +50,8 @@ __all__ = (
     "STAGE_SETTINGS",
     "RecipeSettings",
     "default_model_path",
-    "emulated_bf16_refusal",
     "recipe_settings",
+    "slow_cpu_note",
     "train_embedded",
 )
 
@@ -104,15 +104,17 @@ class RecipeSettings:
     # (three transformers each, docs/embedded.md)
     lm_caption_chain: int = 1
     te_skip_layers: int = 2  # features from 2 blocks before the LM's last: the last barely keeps the shape word
-    # Linear DiT optimizer steps. 6000 with dit_bf16=1 (shipped 2026-12-03): 52 min, overall 0.037 -> 0.223 against
-    # 3000 in fp32 (32 min); the blobby shapes were an undertrained transformer (docs/embedded.md)
-    dit_steps: int = 6000
-    dit_batch_size: int = 32
+    # Linear DiT optimizer steps and batch. 10,500 x 16 in fp32 (shipped 2026-12-08): the steps that fill the 90
+    # minutes on the AVX512-BF16 CPU it was trained on. Updates, not samples, were the lever: 6,000 x 32 under bf16
+    # autocast scored overall 0.223, 9,000 x 16 in fp32 0.313 (docs/embedded.md); on an AVX2-only CPU 8,000 steps
+    # keep to 90 minutes (`slow_cpu_note`)
+    dit_steps: int = 10500
+    dit_batch_size: int = 16
     dit_lr: float = 3e-4  # 1e-3 let the prompt's influence fade (benchmarks/dit_recipe_sweep.py)
-    # 1: bf16 autocast (`model.mixed_precision: bf16`; weights, optimizer and EMA stay fp32). On a CPU with
-    # AVX512-BF16 a step takes 0.81x the fp32 time (benchmarks/train_step.py --only embedded); on an AVX2-only CPU
-    # bf16 is emulated and far slower: set 0 there (and fewer dit_steps to stay near 90 min)
-    dit_bf16: int = 1
+    # 1: bf16 autocast (`model.mixed_precision: bf16`; weights, optimizer and EMA stay fp32). At batch 16 it saves
+    # only 5% of the fp32 step on an AVX512-BF16 CPU (benchmarks/train_step.py --only embedded-b16); on an AVX2-only
+    # CPU bf16 is emulated and a step takes ~19x the fp32 one
+    dit_bf16: int = 0
     # the Linear DiT's width (a multiple of 32: linear-attention heads and cross-attention heads are 32 wide) and
     # its number of blocks (`model.hidden_size` / `model.depth`; the `sana-shapes` preset's 192 x 8, 5.1 M parameters)
     dit_width: int = 192
@@ -175,44 +177,38 @@ def recipe_settings(base: RecipeSettings, assignments: list[str]) -> RecipeSetti
     return dataclasses.replace(base, **changes)
 
 
-# Seconds per step of the recipe's transformer stage (batch 32, 2 threads) on 2-core AVX2 EPYCs, 2026-12-07: the
-# first steps of a default (bf16) run, and the mean over a whole 5,000-step `--set dit_bf16=0` stage (3,562 s;
-# its speed wandered between 0.60 and 0.84 s per step, nothing else running; the first 190 steps of an earlier
-# call ran at 0.80 s)
-EMULATED_BF16_STEP_S, FP32_STEP_S = 13.3, 0.71
-# The fp32 recipe suggested on such a CPU: batch 16, whose step takes 0.47x the batch-32 one there (half the
-# samples in less than half the time: benchmarks/train_step.py --only embedded embedded-b16 --no-bf16). The mean
-# step of a whole 9,000-step batch-16 stage (runs/embedded15, 3,603 s), and the other stages' minutes there (31.9):
-# that run scored overall 0.313 (the shipped model 0.223) in 92.0 min, so 8,000 steps keep to the 90.
-FP32_B16_STEP_S, FP32_RECIPE_STEPS, OTHER_STAGES_MIN = 0.40, 8000, 31.9
+# A 2-core AVX2-only EPYC (no AVX-512), 2026-12-07: the mean step of a whole 9,000-step batch-16 fp32 transformer
+# stage (runs/embedded15, 3,603 s; 0.47x that CPU's batch-32 step, benchmarks/train_step.py --only embedded
+# embedded-b16 --no-bf16) and the minutes of the recipe's other stages there. That run scored overall 0.313 in
+# 92.0 min, so 8,000 steps keep to the 90 there.
+AVX2_B16_STEP_S, AVX2_OTHER_STAGES_MIN, AVX2_RECIPE_STEPS = 0.40, 31.9, 8000
 
 
-def emulated_bf16_refusal(work_dir: str | Path, settings: RecipeSettings, device: str = "cpu") -> str | None:
-    """Why `sana train-embedded` should not start this run here, or None.
+def slow_cpu_note(work_dir: str | Path, settings: RecipeSettings, device: str = "cpu") -> str | None:
+    """What `sana train-embedded` says before it starts on a CPU without AVX-512, or None.
 
-    `dit_bf16=1` (the default, the shipped model's) trains the transformer under bf16 autocast: 0.81x the fp32
-    step on a CPU with AVX512-BF16, but on one without AVX-512 torch emulates bf16 and a step takes ~19x the fp32
-    one (`EMULATED_BF16_STEP_S`, `FP32_STEP_S`): the default 6,000-step stage would run for about a day instead of
-    an hour. The message says so and gives the two ways on. None when `dit_bf16=0`, when bf16 is native on
-    `device`, or when `work_dir`'s run has finished its transformer stage already.
+    The default recipe's transformer steps fill 90 minutes on the AVX512-BF16 CPU the shipped model was trained
+    on. A 2-core AVX2-only CPU is slower (`AVX2_B16_STEP_S`): the note gives the estimate there and the step
+    count that keeps to 90 minutes. None on a CPU with AVX-512 (`_compose.slow_bf16` false), under bf16 autocast
+    (the training loop warns about emulated bf16 itself), when the estimate is within 90 minutes, or when
+    `work_dir`'s run has finished its transformer stage already.
     """
-    if not settings.dit_bf16 or not _compose.slow_bf16(device):
+    if settings.dit_bf16 or not _compose.slow_bf16(device):
         return None
     record = Path(work_dir) / RECIPE_FILE
     if record.is_file() and "transformer" in json.loads(record.read_text()).get("done", []):
         return None
-    scale = settings.dit_batch_size / 32 * settings.dit_steps / 3600
-    capability = torch.backends.cpu.get_cpu_capability()
+    step_s = AVX2_B16_STEP_S * settings.dit_batch_size / 16
+    minutes = AVX2_OTHER_STAGES_MIN + settings.dit_steps * step_s / 60
+    if minutes <= 90:
+        return None
     return (
-        f"dit_bf16=1 trains the transformer under bf16 autocast, but this CPU ({capability}, no AVX-512) has no "
-        f"native bf16 kernels: torch emulates them, and a step takes {EMULATED_BF16_STEP_S / FP32_STEP_S:.0f}x the "
-        f"fp32 one ({EMULATED_BF16_STEP_S} s "
-        f"against {FP32_STEP_S} s measured on a 2-core AVX2 CPU), so the {settings.dit_steps}-step stage would take "
-        f"about {scale * EMULATED_BF16_STEP_S:.0f} h there, against {scale * FP32_STEP_S:.1f} h in fp32. Train in "
-        f"fp32: --set dit_bf16=0 --set dit_batch_size=16 --set dit_steps={FP32_RECIPE_STEPS} (about "
-        f"{OTHER_STAGES_MIN + FP32_RECIPE_STEPS * FP32_B16_STEP_S / 60:.0f} min for the whole recipe on such a "
-        "2-core CPU; 9,000 of those steps took 92 min there and scored 0.313 overall, above the shipped model's "
-        "0.223), or pass --set dit_bf16=1 to train in emulated bf16 anyway"
+        f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no AVX-512. On a 2-core AVX2 EPYC the "
+        f"recipe's other stages took {AVX2_OTHER_STAGES_MIN} min and a batch-16 fp32 transformer step "
+        f"{AVX2_B16_STEP_S} s, so these settings ({settings.dit_steps} steps of batch {settings.dit_batch_size}) "
+        f"take about {minutes:.0f} min there, over the recipe's 90. --set dit_steps={AVX2_RECIPE_STEPS} keeps to "
+        f"about {AVX2_OTHER_STAGES_MIN + AVX2_RECIPE_STEPS * AVX2_B16_STEP_S / 60:.0f} min (9,000 such steps "
+        "scored 0.313 overall there, docs/embedded.md)"
     )
 
 
@@ -728,7 +724,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
             "(`data_object_scale`); the evaluation prompts name no size."
         )
     dit_shape = f"{s['dit_depth']} `SanaShapes_P1_D8` blocks of width {s['dit_width']}"
-    dit_optimizer = f"AdamW lr {s['dit_lr']}" + (", bf16 autocast (fp32 weights)" if s.get("dit_bf16") else "")
+    dit_optimizer = f"AdamW lr {s['dit_lr']}" + (", bf16 autocast (fp32 weights)" if s.get("dit_bf16") else ", fp32")
     decoder = ""
     if "dec_steps" in s:  # runs recorded before the decoder stage had none
         decoder = (
@@ -800,7 +796,8 @@ sana train-embedded --work-dir runs/embedded
 ```
 
 writes the same folder to `runs/embedded/model` (every stage is resumable; `recipe.json` records the settings
-and the seconds per stage). Same settings and thread count give the same weights on the same machine.
+and the seconds per stage). Same settings and thread count give the same weights on the same machine. On a
+CPU without AVX-512 the transformer steps take longer, and the command says how many keep to 90 minutes there.
 """
 
 
