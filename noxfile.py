@@ -123,8 +123,8 @@ def train_embedded(session: nox.Session) -> None:
     """Train the embedded default model from scratch (73 minutes on 2 CPU cores with AVX512-BF16; resumable).
 
     Writes runs/embedded/model; copy it to packages/sana/src/sana/default_model to ship it. Pass `-- --quick` for a
-    few-step check of every stage. On a CPU without AVX-512 the command first says how long the default transformer
-    steps take there (about 102 minutes on a 2-core AVX2 EPYC) and that `-- --set dit_steps=8000` keeps to about 85."""
+    few-step check of every stage. On a CPU without AVX-512 the command first says how long the default recipe
+    takes there (about 102 minutes on a 2-core AVX2 EPYC) and that `-- --set dit_steps=8000` keeps to about 85."""
     session.install(TORCH)
     session.install(*(f"./packages/{p}" for p in PACKAGES if p != "sana"), "./packages/sana[train]")
     session.run("sana", "train-embedded", "--work-dir", "runs/embedded", *session.posargs,

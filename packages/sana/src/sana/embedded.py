@@ -104,10 +104,10 @@ class RecipeSettings:
     # (three transformers each, docs/embedded.md)
     lm_caption_chain: int = 1
     te_skip_layers: int = 2  # features from 2 blocks before the LM's last: the last barely keeps the shape word
-    # Linear DiT optimizer steps and batch. 10,500 x 16 in fp32 (shipped 2026-12-08): the steps that fill the 90
-    # minutes on the AVX512-BF16 CPU it was trained on. Updates, not samples, were the lever: 6,000 x 32 under bf16
-    # autocast scored overall 0.223, 9,000 x 16 in fp32 0.313 (docs/embedded.md); on an AVX2-only CPU 8,000 steps
-    # keep to 90 minutes (`slow_cpu_note`)
+    # Linear DiT optimizer steps and batch. 10,500 x 16 in fp32 (shipped 2026-12-08): overall 0.370, the whole
+    # recipe in 73 min on the AVX512-BF16 CPU it was trained on (steps chosen before the run to stay within 90).
+    # Updates, not samples, were the lever: 6,000 x 32 under bf16 autocast scored 0.223 (docs/embedded.md); on an
+    # AVX2-only CPU 8,000 steps keep to 90 minutes (`slow_cpu_note`)
     dit_steps: int = 10500
     dit_batch_size: int = 16
     dit_lr: float = 3e-4  # 1e-3 let the prompt's influence fade (benchmarks/dit_recipe_sweep.py)
@@ -187,8 +187,8 @@ AVX2_B16_STEP_S, AVX2_OTHER_STAGES_MIN, AVX2_RECIPE_STEPS = 0.40, 31.9, 8000
 def slow_cpu_note(work_dir: str | Path, settings: RecipeSettings, device: str = "cpu") -> str | None:
     """What `sana train-embedded` says before it starts on a CPU without AVX-512, or None.
 
-    The default recipe's transformer steps fill 90 minutes on the AVX512-BF16 CPU the shipped model was trained
-    on. A 2-core AVX2-only CPU is slower (`AVX2_B16_STEP_S`): the note gives the estimate there and the step
+    The default recipe takes 73 minutes on the AVX512-BF16 CPU the shipped model was trained on. A 2-core
+    AVX2-only CPU is slower (`AVX2_B16_STEP_S`): the note gives the estimate there and the step
     count that keeps to 90 minutes. None on a CPU with AVX-512 (`_compose.slow_bf16` false), under bf16 autocast
     (the training loop warns about emulated bf16 itself), when the estimate is within 90 minutes, or when
     `work_dir`'s run has finished its transformer stage already.
