@@ -198,8 +198,11 @@ def slow_cpu_note(work_dir: str | Path, settings: RecipeSettings, device: str = 
     record = Path(work_dir) / RECIPE_FILE
     if record.is_file() and "transformer" in json.loads(record.read_text()).get("done", []):
         return None
-    step_s = AVX2_B16_STEP_S * settings.dit_batch_size / 16
-    minutes = AVX2_OTHER_STAGES_MIN + settings.dit_steps * step_s / 60
+
+    def avx2_minutes(steps: int, batch: int) -> float:  # the whole recipe there, the step scaled by the batch
+        return AVX2_OTHER_STAGES_MIN + steps * AVX2_B16_STEP_S * batch / 16 / 60
+
+    minutes = avx2_minutes(settings.dit_steps, settings.dit_batch_size)
     if minutes <= 90:
         return None
     return (
@@ -207,7 +210,7 @@ def slow_cpu_note(work_dir: str | Path, settings: RecipeSettings, device: str = 
         f"recipe's other stages took {AVX2_OTHER_STAGES_MIN} min and a batch-16 fp32 transformer step "
         f"{AVX2_B16_STEP_S} s, so these settings ({settings.dit_steps} steps of batch {settings.dit_batch_size}) "
         f"take about {minutes:.0f} min there, over the recipe's 90. --set dit_steps={AVX2_RECIPE_STEPS} keeps to "
-        f"about {AVX2_OTHER_STAGES_MIN + AVX2_RECIPE_STEPS * AVX2_B16_STEP_S / 60:.0f} min (9,000 such steps "
+        f"about {avx2_minutes(AVX2_RECIPE_STEPS, 16):.0f} min (9,000 such steps "
         "scored 0.313 overall there, docs/embedded.md)"
     )
 
