@@ -190,11 +190,18 @@ def test_eval_shapes_writes_a_report_and_a_grid(tiny_diffusers_pipeline_dir, tmp
     assert 0 <= report["overall"] <= 1 and len(report["records"]) == 12
     assert report["autoencoder"]["psnr"] > 0 and Image.open(out / "grid.png").size[0] > 32
     assert "overall" in (out / "report.md").read_text()
+    # the autoencoder ceiling: the same 12 prompts' own scenes through the autoencoder, scored per category
+    top = report["autoencoder_ceiling"]
+    assert (
+        sum(top["counts"].values()) == 12 and 0 <= top["overall"] <= 1 and set(top["scores"]) == set(report["scores"])
+    )
+    assert "Autoencoder ceiling" in (out / "report.md").read_text()
     # --ae_images 0 skips the autoencoder's check (it used to fail after all the generation); < 0 fails at once
     code = main(["eval", "shapes", "--model_path", str(tiny_diffusers_pipeline_dir), "-n", "6", "--size", "32",
                  "--steps", "1", "--ae_images", "0", "-o", str(out)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / "report.json").read_text())["autoencoder"] is None
+    assert json.loads((out / "report.json").read_text())["autoencoder_ceiling"] is None
     assert "Autoencoder not checked" in (out / "report.md").read_text()
     # --pag_scale > 1 evaluates with PAG on (the default 1.0 is off): other images, recorded in the report
     plain = (out / "grid.png").read_bytes()

@@ -339,6 +339,8 @@ def test_the_recipe_runs_every_stage_resumes_and_refuses_other_settings(tmp_path
     gain = record["results"]["eval"]["transformer"]["text_gain"]
     assert gain > 0 and f"Text gain {gain:.3f}" in (model / "README.md").read_text()
     assert "± " in (model / "README.md").read_text().split("the 95% interval from the prompt sample")[0][-20:]
+    top = record["results"]["eval"]["ceiling"]
+    assert f"reach overall {top['overall']:.3f}" in (model / "README.md").read_text().replace("\n", " ")
     stored = {p.name: p for p in (model / "transformer").glob("*.safetensors")}
     from safetensors import safe_open
 

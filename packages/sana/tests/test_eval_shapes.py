@@ -19,6 +19,7 @@ from sana.eval import (
     detect,
     eval_prompts,
     evaluate,
+    evaluate_ground_truth,
     heldout_images,
     reconstruction_scores,
     relation_holds,
@@ -279,6 +280,20 @@ def test_reconstruction_scores() -> None:
     assert 25 < noisy["psnr"] < 35 and noisy["ssim"] < 0.95 and noisy["psnr_min"] <= noisy["psnr"]
     with pytest.raises(ValueError, match="input's shape"):
         reconstruction_scores(lambda x: x[..., :-1], images)
+
+
+def test_the_autoencoder_ceiling_scores_the_prompts_own_scenes_after_the_round_trip() -> None:
+    """`evaluate_ground_truth(autoencode=...)`: a lossless round trip keeps the ground truth's every record, a lossy
+    one costs the categories it breaks (BGR order renames the colours), and one that loses the image scores 0."""
+    n = 60  # 10 per category
+    truth = evaluate_ground_truth(n)
+    exact = evaluate_ground_truth(n, autoencode=lambda x: x)
+    assert exact.records == truth.records and exact.overall == truth.overall
+    bgr = evaluate_ground_truth(n, autoencode=lambda x: x.flip(1))
+    assert bgr.scores["colors"] < truth.scores["colors"] and bgr.scores["color_attr"] == 0.0, bgr.to_markdown()
+    assert evaluate_ground_truth(n, autoencode=torch.zeros_like).overall == 0.0
+    with pytest.raises(ValueError, match="input's shape"):
+        evaluate_ground_truth(n, autoencode=lambda x: x[..., ::2])
 
 
 def test_sample_grid() -> None:

@@ -473,7 +473,8 @@ def _stage_eval(work: Path, s: RecipeSettings, export: Path, say: Callable[[str]
     shutil.copyfile(out / "grid.png", export / "samples.png")
     scores = {**report["scores"], "overall": report["overall"]}
     return {"scores": scores, "counts": report["counts"], "autoencoder": report["autoencoder"],
-            "transformer": report["transformer"], "timing": _time_one(export)}  # fmt: skip
+            "ceiling": report["autoencoder_ceiling"], "transformer": report["transformer"],
+            "timing": _time_one(export)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------- export
@@ -727,6 +728,15 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
             "(`data_object_scale`); the evaluation prompts name no size."
         )
     dit_shape = f"{s['dit_depth']} `SanaShapes_P1_D8` blocks of width {s['dit_width']}"
+    ceiling = ""
+    if top := ev.get("ceiling"):  # runs evaluated before `sana eval shapes` measured it have none
+        per = " / ".join(f"{v:.2f}" for v in top["scores"].values())
+        ceiling = (
+            f" The evaluation prompts' own scenes, through the\nautoencoder and scored the same way, reach overall "
+            f"{top['overall']:.3f} ({' / '.join(top['scores'])}: {per}):\nwhat a transformer that drew each "
+            "prompt's held-out scene exactly would score with this autoencoder. A\ntransformer that draws larger or "
+            "cleaner objects than the evaluation world's can score above it."
+        )
     dit_optimizer = f"AdamW lr {s['dit_lr']}" + (", bf16 autocast (fp32 weights)" if s.get("dit_bf16") else ", fp32")
     decoder = ""
     if "dec_steps" in s:  # runs recorded before the decoder stage had none
@@ -782,7 +792,7 @@ Training stages total: **{train_seconds / 60:.1f} min** (eval not included).
 
 Autoencoder on {s["ae_eval_images"]} held-out images: PSNR {ae.get("psnr", float("nan")):.2f} dB, SSIM
 {ae.get("ssim", float("nan")):.4f}; the detector finds the original's objects in
-{ae.get("detector_agreement", float("nan")):.1%} of its reconstructions (the ceiling it puts on the scores above).
+{ae.get("detector_agreement", float("nan")):.1%} of its reconstructions.{ceiling}
 
 Text gain {gain:.3f}: the transformer's loss on held-out images with the null caption over its loss with their own
 captions (1.0 would mean it ignores the prompt; `sana eval shapes`).

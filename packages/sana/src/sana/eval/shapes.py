@@ -321,11 +321,23 @@ def evaluate(
     return EvalReport.from_records(records)
 
 
-def evaluate_ground_truth(n: int = 300, *, seed: int = 0, perturbation: str = "none") -> EvalReport:
+def evaluate_ground_truth(
+    n: int = 300,
+    *,
+    seed: int = 0,
+    perturbation: str = "none",
+    autoencode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> EvalReport:
     """`evaluate` on the renderings of the prompts' own scenes (optionally perturbed: see `PERTURBATIONS`).
 
     The images are correct by construction, so the score measures the detector and the scoring rules: anything
     under 1.0 is the evaluator's error.
+
+    With `autoencode` ((1, 3, H, W) float32 in [-1, 1] -> the same shape, as for `reconstruction_scores`), each
+    rendering is scored after a round trip through it instead: the *autoencoder ceiling*, what a transformer that
+    drew every prompt's own held-out scene exactly would score with this autoencoder, per category. A model that
+    draws its objects larger or cleaner than the world's can score above it (the autoencoder loses small details
+    first).
     """
     if perturbation not in PERTURBATIONS:
         raise KeyError(f"unknown perturbation {perturbation!r}; valid: {', '.join(PERTURBATIONS)}")
@@ -337,7 +349,8 @@ def evaluate_ground_truth(n: int = 300, *, seed: int = 0, perturbation: str = "n
         for image_seed in range(first_seed, first_seed + len(texts)):
             scene = by_seed[image_seed].scene
             assert scene is not None, "eval_prompts keeps each prompt's scene"
-            images.append(PERTURBATIONS[perturbation](render(scene), image_seed))
+            image = PERTURBATIONS[perturbation](render(scene), image_seed)
+            images.append(image if autoencode is None else Image.fromarray(_round_trip(autoencode, image)[1]))
         return images
 
     return evaluate(generate, prompts)
@@ -356,6 +369,20 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
     return rgb.permute(2, 0, 1)[None] / 127.5 - 1.0  # (1, 3, H, W) in [-1, 1]
 
 
+@torch.inference_mode()
+def _round_trip(
+    autoencode: Callable[[torch.Tensor], torch.Tensor], image: Image.Image
+) -> tuple[torch.Tensor, np.ndarray]:
+    """`image` through `autoencode`: the reconstruction as (1, 3, H, W) float32 on the CPU, clamped to [-1, 1] (the
+    range a saved image keeps), and as the (H, W, 3) uint8 pixels a saved image has."""
+    x = _to_tensor(image)
+    y = autoencode(x)
+    if y.shape != x.shape:
+        raise ValueError(f"autoencode must return the input's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    y = y.float().clamp(-1, 1).cpu()  # fp32 metrics on the CPU, whatever dtype and device the autoencoder ran in
+    return y, ((y[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
 def same_objects(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> bool:
     """Whether the detector finds the same objects (multiset of shape and colour) in images `a` and `b` (PIL or
     (H, W, 3) uint8): `reconstruction_scores`' detector agreement for one image pair."""
@@ -368,7 +395,8 @@ def reconstruction_scores(
 ) -> dict[str, float]:
     """Mean (and worst) PSNR in dB and SSIM of `autoencode` over `images`, one image at a time, and how often the
     detector finds the same objects (multiset of shape and colour) in the reconstruction as in the original:
-    `detector_agreement`, the ceiling that this autoencoder puts on any `sana eval shapes` score.
+    `detector_agreement` (these scenes hold up to several objects each; `evaluate_ground_truth(autoencode=...)` gives
+    the ceiling this autoencoder puts on each `sana eval shapes` category).
 
     Args:
         autoencode: (1, 3, H, W) float32 in [-1, 1] -> the same shape (e.g. `lambda x: ae.decode(ae.encode(x))`);
@@ -383,13 +411,9 @@ def reconstruction_scores(
     psnrs, ssims, agree = [], [], []
     for image in images:
         x = _to_tensor(image)  # (1, 3, H, W)
-        y = autoencode(x)
-        if y.shape != x.shape:
-            raise ValueError(f"autoencode must return the input's shape {tuple(x.shape)}, got {tuple(y.shape)}")
-        y = y.float().clamp(-1, 1)  # fp32 metrics whatever dtype the autoencoder ran in
+        y, pixels = _round_trip(autoencode, image)
         psnrs.append(float(psnr(x, y)[0]))
         ssims.append(float(ssim(x, y)[0]))
-        pixels = ((y[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()  # (H, W, 3) uint8
         agree.append(same_objects(pixels, image))
     return {
         "psnr": sum(psnrs) / len(psnrs),
