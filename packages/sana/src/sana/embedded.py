@@ -180,38 +180,49 @@ def recipe_settings(base: RecipeSettings, assignments: list[str]) -> RecipeSetti
 # A 2-core AVX2-only EPYC (no AVX-512), 2026-12-07: the mean step of a whole 9,000-step batch-16 fp32 transformer
 # stage (runs/embedded15, 3,603 s; 0.47x that CPU's batch-32 step, benchmarks/train_step.py --only embedded
 # embedded-b16 --no-bf16) and the minutes of the recipe's other stages there. That run scored overall 0.313 in
-# 92.0 min, so 8,000 steps keep to the 90 there.
-AVX2_B16_STEP_S, AVX2_OTHER_STAGES_MIN, AVX2_RECIPE_STEPS = 0.40, 31.9, 8000
+# 92.0 min, so 8,000 steps keep to the 90 there. Other batches scale the step by (batch / 16) ** 0.8: in whole runs
+# on the Zen 4 a batch-8 step took 0.58x a batch-16 one (runs/embedded17, 0.167 s; runs/embedded16, 0.29 s), not 0.5x.
+AVX2_B16_STEP_S, AVX2_OTHER_STAGES_MIN, AVX2_BATCH_EXPONENT = 0.40, 31.9, 0.8
+AVX2_TARGET_MIN = 85  # what the suggested steps aim at: a margin under 90 for the CPU's wandering speed
+
+
+def avx2_minutes(steps: int, batch: int) -> float:
+    """The whole recipe's estimated minutes on the 2-core AVX2-only EPYC, at `steps` fp32 steps of `batch`."""
+    return AVX2_OTHER_STAGES_MIN + steps * AVX2_B16_STEP_S * (batch / 16) ** AVX2_BATCH_EXPONENT / 60
+
+
+def avx2_steps(batch: int, minutes: float = AVX2_TARGET_MIN) -> int:
+    """The transformer steps of `batch` (a multiple of 500) that make the whole recipe about `minutes` there."""
+    step_s = AVX2_B16_STEP_S * (batch / 16) ** AVX2_BATCH_EXPONENT
+    return max(500, round((minutes - AVX2_OTHER_STAGES_MIN) * 60 / step_s / 500) * 500)
 
 
 def slow_cpu_note(work_dir: str | Path, settings: RecipeSettings, device: str = "cpu") -> str | None:
     """What `sana train-embedded` says before it starts on a CPU without AVX-512, or None.
 
     The default recipe takes 73 minutes on the AVX512-BF16 CPU the shipped model was trained on. A 2-core
-    AVX2-only CPU is slower (`AVX2_B16_STEP_S`): the note gives the estimate there and the step
-    count that keeps to 90 minutes. None on a CPU with AVX-512 (`_compose.slow_bf16` false), under bf16 autocast
-    (the training loop warns about emulated bf16 itself), when the estimate is within 90 minutes, or when
-    `work_dir`'s run has finished its transformer stage already.
+    AVX2-only CPU is slower (`avx2_minutes`): the note gives the estimate there and the step count at the same
+    batch that keeps to about 85 minutes (`avx2_steps`). None on a CPU with AVX-512 (`_compose.slow_bf16` false),
+    under bf16 autocast (the training loop warns about emulated bf16 itself), when the estimate is within 90
+    minutes, or when `work_dir`'s run has finished its transformer stage already.
     """
     if settings.dit_bf16 or not _compose.slow_bf16(device):
         return None
     record = Path(work_dir) / RECIPE_FILE
     if record.is_file() and "transformer" in json.loads(record.read_text()).get("done", []):
         return None
-
-    def avx2_minutes(steps: int, batch: int) -> float:  # the whole recipe there, the step scaled by the batch
-        return AVX2_OTHER_STAGES_MIN + steps * AVX2_B16_STEP_S * batch / 16 / 60
-
-    minutes = avx2_minutes(settings.dit_steps, settings.dit_batch_size)
+    batch = settings.dit_batch_size
+    minutes = avx2_minutes(settings.dit_steps, batch)
     if minutes <= 90:
         return None
+    steps = avx2_steps(batch)
+    measured = " (9,000 such steps scored 0.313 overall there, docs/embedded.md)" if batch == 16 else ""
     return (
         f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no AVX-512. On a 2-core AVX2 EPYC the "
         f"recipe's other stages took {AVX2_OTHER_STAGES_MIN} min and a batch-16 fp32 transformer step "
-        f"{AVX2_B16_STEP_S} s, so these settings ({settings.dit_steps} steps of batch {settings.dit_batch_size}) "
-        f"take about {minutes:.0f} min there, over the recipe's 90. --set dit_steps={AVX2_RECIPE_STEPS} keeps to "
-        f"about {avx2_minutes(AVX2_RECIPE_STEPS, 16):.0f} min (9,000 such steps "
-        "scored 0.313 overall there, docs/embedded.md)"
+        f"{AVX2_B16_STEP_S} s, so these settings ({settings.dit_steps} steps of batch {batch}) take about "
+        f"{minutes:.0f} min there, over the recipe's 90. --set dit_steps={steps} keeps to about "
+        f"{avx2_minutes(steps, batch):.0f} min{measured}"
     )
 
 
