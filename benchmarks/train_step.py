@@ -56,6 +56,8 @@ ARCHES = {
     "embedded-128": {"batch": 32, "side": 8, "text_len": 32, "real": [6 + i % 9 for i in range(32)]},
     # the same stage with `--set dit_batch_size=16`: half the samples per step
     "embedded-b16": {"batch": 16, "side": 8, "text_len": 32, "real": [6 + i % 9 for i in range(16)]},
+    # `--set dit_batch_size=8`, the recipe's default since 2026-12-08 (runs/embedded18)
+    "embedded-b8": {"batch": 8, "side": 8, "text_len": 32, "real": [6 + i % 9 for i in range(8)]},
 }
 STEPS = {
     "tiny": (2, 5),
@@ -63,11 +65,13 @@ STEPS = {
     "embedded": (3, 10),
     "embedded-128": (3, 10),
     "embedded-b16": (3, 10),
+    "embedded-b8": (3, 15),
 }  # (warm-up, timed) steps
 LABELS = {"tiny": "tiny (64×64 latent, B=4)", "sana-600m": "Sana-0.6B (512², B=1)",
           "embedded": "embedded sana-shapes (8×8 latent, B=32)",
           "embedded-128": "embedded, width 128 (8×8 latent, B=32)",
-          "embedded-b16": "embedded, batch 16 (8×8 latent, B=16)"}  # fmt: skip
+          "embedded-b16": "embedded, batch 16 (8×8 latent, B=16)",
+          "embedded-b8": "embedded, batch 8 (8×8 latent, B=8)"}  # fmt: skip
 
 
 # --- child: one configuration ------------------------------------------------------------------------------------
@@ -236,10 +240,11 @@ def _cases(args: argparse.Namespace) -> list[tuple[str, str, bool]]:
     cases = [("tiny", "fp32", False), ("tiny", "fp32", True)]
     if not args.tiny_only:
         cases += [("embedded", "fp32", False), ("embedded-128", "fp32", False), ("embedded-b16", "fp32", False),
+                  ("embedded-b8", "fp32", False),
                   ("sana-600m", "fp32", False), ("sana-600m", "fp32", True)]  # fmt: skip
         if not args.no_bf16:
             cases += [("embedded", "bf16", False), ("embedded-128", "bf16", False), ("embedded-b16", "bf16", False),
-                      ("sana-600m", "bf16", False)]  # fmt: skip
+                      ("embedded-b8", "bf16", False), ("sana-600m", "bf16", False)]  # fmt: skip
             if args.bf16_ckpt:
                 cases.append(("sana-600m", "bf16", True))
     return [c for c in cases if not args.only or c[0] in args.only]
