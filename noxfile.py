@@ -120,7 +120,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def train_embedded(session: nox.Session) -> None:
-    """Train the embedded default model from scratch (73 minutes on 2 CPU cores with AVX512-BF16; resumable).
+    """Train the embedded default model from scratch (81 minutes on 2 CPU cores with AVX512-BF16; resumable).
 
     Writes runs/embedded/model; copy it to packages/sana/src/sana/default_model to ship it. Pass `-- --quick` for a
     few-step check of every stage. On a CPU without AVX-512 the command first says how long the default recipe

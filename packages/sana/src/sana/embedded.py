@@ -104,12 +104,13 @@ class RecipeSettings:
     # (three transformers each, docs/embedded.md)
     lm_caption_chain: int = 1
     te_skip_layers: int = 2  # features from 2 blocks before the LM's last: the last barely keeps the shape word
-    # Linear DiT optimizer steps and batch. 10,500 x 16 in fp32 (shipped 2026-12-08): overall 0.370, the whole
-    # recipe in 73 min on the AVX512-BF16 CPU it was trained on (steps chosen before the run to stay within 90).
-    # Updates, not samples, were the lever: 6,000 x 32 under bf16 autocast scored 0.223 (docs/embedded.md); on an
-    # AVX2-only CPU 8,000 steps keep to 90 minutes (`slow_cpu_note`)
-    dit_steps: int = 10500
-    dit_batch_size: int = 16
+    # Linear DiT optimizer steps and batch. 18,500 x 8 in fp32 (shipped 2026-12-08, runs/embedded18): overall 0.377,
+    # the whole recipe in 81 min on the AVX512-BF16 CPU it was trained on; 10,500 x 16, the same transformer minutes
+    # planned, scored 0.370 in 73 min (a tie within the eval's +-0.04). Updates, not samples, were the lever: 6,000
+    # x 32 under bf16 autocast scored 0.223 (docs/embedded.md). On an AVX2-only CPU `slow_cpu_note` says how many
+    # steps keep to 90 minutes (14,000 at batch 8)
+    dit_steps: int = 18500
+    dit_batch_size: int = 8
     dit_lr: float = 3e-4  # 1e-3 let the prompt's influence fade (benchmarks/dit_recipe_sweep.py)
     # 1: bf16 autocast (`model.mixed_precision: bf16`; weights, optimizer and EMA stay fp32). At batch 16 it saves
     # only 5% of the fp32 step on an AVX512-BF16 CPU (benchmarks/train_step.py --only embedded-b16); on an AVX2-only
@@ -200,7 +201,7 @@ def avx2_steps(batch: int, minutes: float = AVX2_TARGET_MIN) -> int:
 def slow_cpu_note(work_dir: str | Path, settings: RecipeSettings, device: str = "cpu") -> str | None:
     """What `sana train-embedded` says before it starts on a CPU without AVX-512, or None.
 
-    The default recipe takes 73 minutes on the AVX512-BF16 CPU the shipped model was trained on. A 2-core
+    The default recipe takes 81 minutes on the AVX512-BF16 CPU the shipped model was trained on. A 2-core
     AVX2-only CPU is slower (`avx2_minutes`): the note gives the estimate there and the step count at the same
     batch that keeps to about 85 minutes (`avx2_steps`). None on a CPU with AVX-512 (`_compose.slow_bf16` false),
     under bf16 autocast (the training loop warns about emulated bf16 itself), when the estimate is within 90
@@ -721,7 +722,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
     redos = [c for c in record.get("calls", []) if c.get("redo_from")]
     redone = ""
     if redos:
-        steps = "; then ".join(f"from `{c['redo_from']}` ({c['changed']})" for c in redos)
+        steps = "; then ".join(f"from `{c['redo_from']}` ({c['changed'] or 'same settings'})" for c in redos)
         redone = (
             f"\n- Redone after settings changes (`--redo-from STAGE`, in this order): {steps}. Each stage's weights "
             "come from the last call that ran it; the stages before, with unchanged settings, were kept."
@@ -744,7 +745,7 @@ def model_card(export: Path, record: dict[str, Any]) -> str:
         per = " / ".join(f"{v:.2f}" for v in top["scores"].values())
         ceiling = (
             f" The evaluation prompts' own scenes, through the\nautoencoder and scored the same way, reach overall "
-            f"{top['overall']:.3f} ({' / '.join(top['scores'])}: {per}):\nwhat a transformer that drew each "
+            f"{top['overall']:.3f}\n({' / '.join(top['scores'])}: {per}):\nwhat a transformer that drew each "
             "prompt's held-out scene exactly would score with this autoencoder. A\ntransformer that draws larger or "
             "cleaner objects than the evaluation world's can score above it."
         )
