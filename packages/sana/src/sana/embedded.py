@@ -187,15 +187,19 @@ AVX2_B16_STEP_S, AVX2_OTHER_STAGES_MIN, AVX2_BATCH_EXPONENT = 0.40, 31.9, 0.8
 AVX2_TARGET_MIN = 85  # what the suggested steps aim at: a margin under 90 for the CPU's wandering speed
 
 
+def _avx2_step_s(batch: int) -> float:
+    """The estimated fp32 transformer step of `batch` on the 2-core AVX2-only EPYC, in seconds."""
+    return AVX2_B16_STEP_S * (batch / 16) ** AVX2_BATCH_EXPONENT
+
+
 def avx2_minutes(steps: int, batch: int) -> float:
     """The whole recipe's estimated minutes on the 2-core AVX2-only EPYC, at `steps` fp32 steps of `batch`."""
-    return AVX2_OTHER_STAGES_MIN + steps * AVX2_B16_STEP_S * (batch / 16) ** AVX2_BATCH_EXPONENT / 60
+    return AVX2_OTHER_STAGES_MIN + steps * _avx2_step_s(batch) / 60
 
 
 def avx2_steps(batch: int, minutes: float = AVX2_TARGET_MIN) -> int:
     """The transformer steps of `batch` (a multiple of 500) that make the whole recipe about `minutes` there."""
-    step_s = AVX2_B16_STEP_S * (batch / 16) ** AVX2_BATCH_EXPONENT
-    return max(500, round((minutes - AVX2_OTHER_STAGES_MIN) * 60 / step_s / 500) * 500)
+    return max(500, round((minutes - AVX2_OTHER_STAGES_MIN) * 60 / _avx2_step_s(batch) / 500) * 500)
 
 
 def slow_cpu_note(work_dir: str | Path, settings: RecipeSettings, device: str = "cpu") -> str | None:
