@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     ev.add_argument("--bs", type=int, default=8, help="images per model call")
     ev.add_argument("--ae_images", type=int, default=32,
-                    help="held-out images for the autoencoder's PSNR/SSIM (0: skip that check)")  # fmt: skip
+                    help="held-out images for the autoencoder's PSNR/SSIM (0: skip it and the ceiling)")  # fmt: skip
     ev.add_argument("-o", "--output", default="eval_shapes", help="folder for report.json/report.md/grid.png")
     ev.add_argument("--dtype", choices=sorted(DTYPES))
     ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -189,7 +189,7 @@ def _eval(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     ae = pipe.autoencoder
     autoencode = lambda x: ae.decode(ae.encode(x.to(pipe.device)))  # noqa: E731
     recon = reconstruction_scores(autoencode, heldout_images(args.ae_images)) if args.ae_images else None
-    # the same prompts' own scenes through the autoencoder: what a perfect transformer would score with it
+    # the same prompts' own scenes through the autoencoder: what drawing each scene exactly would score with it
     ceiling = evaluate_ground_truth(args.num_prompts, seed=args.seed, autoencode=autoencode) if recon else None
     reliance = text_gain(pipe.denoiser, ae, pipe.text_encoder, n=TEXT_GAIN_IMAGES, seed=args.seed)
     out = Path(args.output)
