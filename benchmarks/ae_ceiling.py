@@ -4,7 +4,8 @@
 generated image (`sana.eval.evaluate_ground_truth(autoencode=...)`): what a transformer that drew every scene
 exactly would score with that autoencoder. This script measures it for finished autoencoder folders (`--score`) and
 for the recipe's autoencoder stage trained with changed `RecipeSettings` (`--train`, one folder per variant under
-`--work`; the training images are `--data`'s unless the variant changes `data_object_scale`, which redraws them):
+`--work`; the training images are `--data`'s unless the variant changes a setting of the data stage, such as
+`data_object_scale`, which redraws them):
 
     python benchmarks/ae_ceiling.py --data runs/embedded16/data --work runs/ae_probe \\
         --score shipped-recipe=runs/embedded16/autoencoder/model \\
@@ -36,7 +37,8 @@ def train_variant(name: str, assignments: list[str], data: Path, work: Path) -> 
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "data").exists():
-        if settings.data_object_scale != embedded.RecipeSettings().data_object_scale:
+        changed = [k for k, v in vars(settings).items() if v != getattr(embedded.RecipeSettings(), k)]
+        if any(embedded.first_stage_of(k) == "data" for k in changed):  # e.g. data_object_scale, images, seed
             embedded._stage_data(folder, settings, print)
         else:
             (folder / "data").symlink_to(data.resolve())
